@@ -1,0 +1,1 @@
+"""Lightning callbacks: frequency-aware timesteps, sample logging, checkpoint export."""

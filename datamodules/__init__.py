@@ -1,0 +1,1 @@
+"""Lightning data modules and their plain dataset parts (no model code)."""

@@ -1,0 +1,20 @@
+import subprocess
+import sys
+
+
+def test_anydoor_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "src.cli.main", "--help"], capture_output=True, text=True, check=True)
+    for name in ("shards", "generate", "convert", "eval"):
+        assert name in out.stdout
+
+
+def test_anydoor_help_imports_no_heavy_module():
+    code = "import sys; from src.cli.main import build_parser; build_parser(); print(sorted(m for m in ('torch','lightning','diffusers','timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lightning_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "src.cli.train", "--help"], capture_output=True, text=True, check=True)
+    for name in ("fit", "validate", "test", "predict"):
+        assert name in out.stdout
