@@ -1,6 +1,6 @@
-"""`anydoor` console script: one sub-command per module in ``SUBCOMMANDS``.
+"""anydoor: teleport an object into any scene (pack data, generate, convert, evaluate).
 
-Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int`` and imports
+The `anydoor` console script has one sub-command per module in ``SUBCOMMANDS``. Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int`` and imports
 nothing heavy at module level, so ``anydoor --help`` stays instant.
 """
 
