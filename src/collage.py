@@ -15,6 +15,11 @@ def to_signed_chw(image: np.ndarray) -> np.ndarray:
     return (image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy()
 
 
+def signed_chw_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_signed_chw``: ``3 x H x W`` in [-1, 1] (clipped) -> uint8 ``H x W x 3``."""
+    return np.clip(np.rint((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
 def build_collage(
     target_crop: np.ndarray,
     box: Sequence[int],
