@@ -99,7 +99,7 @@ def test_perturb_speed_512():
         perturb_mask(gt, rng=rng)
     per_call = (time.perf_counter() - t0) / n
     print(f"perturb_mask 512x512: {per_call * 1e3:.1f} ms/call")
-    assert per_call < 0.05  # generous for a loaded 2-core machine; ~5-8 ms measured
+    assert per_call < 0.1  # generous for a loaded shared 2-core machine; ~7 ms measured
 
 
 def test_perturb_fragmented_mask_keeps_largest_part():
