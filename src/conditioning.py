@@ -81,9 +81,9 @@ def prepare_reference(
     _check_image(image, "reference image")
     _check_mask(mask, image, "reference")
     x1, y1, x2, y2 = mask_to_box(mask)
-    fg = mask > 0
-    on_white = np.where(fg[..., None], image, np.uint8(255))[y1:y2, x1:x2]
-    obj = fg[y1:y2, x1:x2].astype(np.uint8) * 255
+    fg = mask[y1:y2, x1:x2] > 0
+    on_white = np.where(fg[..., None], image[y1:y2, x1:x2], np.uint8(255))
+    obj = fg.astype(np.uint8) * 255
     ratio = float(rng.uniform(*grow_range)) if rng is not None else DEFAULT_REFERENCE_GROW
     on_white, obj = grow_canvas(on_white, obj, ratio)
     on_white, _ = pad_to_square(on_white, 255)
