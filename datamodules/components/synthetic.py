@@ -245,3 +245,32 @@ def write_image(folder: Path, index: int, seed: int, cfg: SyntheticConfig) -> Pa
     info = {"image_id": index, "file_name": jpg.name, "height": cfg.height, "width": cfg.width}
     _atomic_write(ann, json.dumps({"image": info, "annotations": anns}).encode())
     return jpg
+
+
+def _write_one(job: tuple[str, Path, int, int, SyntheticConfig]) -> Path:
+    kind, folder, index, seed, cfg = job
+    return (write_video if kind == "video" else write_image)(folder, index, seed, cfg)
+
+
+def generate(raw: Path, *, seed: int, videos: int, images: int, cfg: SyntheticConfig, workers: int = 1, progress: bool = True) -> tuple[Path, Path]:
+    """Write the raw clips and stills (skipping files already there); returns their two folders."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    vdir, idir = raw / "videos", raw / "images"
+    vdir.mkdir(parents=True, exist_ok=True)
+    idir.mkdir(parents=True, exist_ok=True)
+    jobs = [("video", vdir, i, seed, cfg) for i in range(videos)] + [("image", idir, i, seed, cfg) for i in range(images)]
+    bar = tqdm(total=len(jobs), desc="synthesize", unit="file", disable=not progress)
+    if workers <= 1:
+        for job in jobs:
+            _write_one(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            for _ in pool.map(_write_one, jobs, chunksize=4):
+                bar.update()
+    bar.close()
+    return vdir, idir
