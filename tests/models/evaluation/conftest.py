@@ -37,4 +37,43 @@ def tiny_scorers(tiny_extractor_files):
 
     dino = DinoScorer("vit_small_patch16_224", tiny_extractor_files["dino"], img_size=32, model_kwargs=TINY_VIT)
     clip = ClipScorer(str(tiny_extractor_files["clip"]))
-    return {"dino": dino, "clip": clip}
+    return {"dino_i": dino, "clip_i": clip}
+
+
+def _scene(rng, h, w, x, y, obj):
+    import numpy as np
+
+    image = (rng.random((h, w, 3)) * 60 + 100).astype("uint8")
+    image[y : y + obj.shape[0], x : x + obj.shape[1]] = obj
+    mask = np.zeros((h, w), "uint8")
+    mask[y : y + obj.shape[0], x : x + obj.shape[1]] = 255
+    return image, mask
+
+
+@pytest.fixture(scope="session")
+def job_folder(tmp_path_factory):
+    """Three jobs on disk: a textured object moved between two scenes; one as a box-only job."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("jobs")
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(3):
+        obj = np.zeros((20, 28, 3), "uint8")
+        obj[..., 0] = 200
+        obj[::4, :, 1] = 255  # stripes: details a copy keeps and a flat fill loses
+        obj[:, :, 2] = 40 * i
+        ref, ref_mask = _scene(rng, 64, 80, 10 + i, 12, obj)
+        tgt, tgt_mask = _scene(rng, 72, 96, 40, 30 + i, obj)
+        names = {}
+        for key, arr in (("reference", ref), ("reference_mask", ref_mask), ("target", tgt), ("target_mask", tgt_mask)):
+            names[key] = f"j{i}_{key}.png"
+            cv2.imwrite(str(root / names[key]), arr if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR))
+        entry = {"name": f"job{i}", "ground_truth": names["target"], "kind": "even" if i % 2 == 0 else "odd", **names}
+        if i == 2:
+            del entry["target_mask"]
+            entry["box"] = [40, 32, 68, 52]
+        entries.append(entry)
+    (root / "jobs.json").write_text(json.dumps(entries))
+    return root

@@ -22,18 +22,18 @@ def test_object_on_white_crops_masks_and_pads():
 
 def test_dino_scorer_loads_the_saved_weights(tiny_extractor_files, tiny_scorers):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    expected = tiny_extractor_files["vit"].forward_features((x - tiny_scorers["dino"].mean) / tiny_scorers["dino"].std)[:, 0]
-    assert torch.allclose(tiny_scorers["dino"].embed(x), expected, atol=1e-5)
+    expected = tiny_extractor_files["vit"].forward_features((x - tiny_scorers["dino_i"].mean) / tiny_scorers["dino_i"].std)[:, 0]
+    assert torch.allclose(tiny_scorers["dino_i"].embed(x), expected, atol=1e-5)
 
 
 def test_clip_scorer_loads_the_saved_weights(tiny_extractor_files, tiny_scorers):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     clip = tiny_extractor_files["clip_model"]
-    expected = clip.encode_image((x - tiny_scorers["clip"].mean) / tiny_scorers["clip"].std)
-    assert torch.allclose(tiny_scorers["clip"].embed(x), expected, atol=1e-5)
+    expected = clip.encode_image((x - tiny_scorers["clip_i"].mean) / tiny_scorers["clip_i"].std)
+    assert torch.allclose(tiny_scorers["clip_i"].embed(x), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["dino", "clip"])
+@pytest.mark.parametrize("name", ["dino_i", "clip_i"])
 def test_identity_scores_same_object_one_other_object_less(tiny_scorers, name):
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(2, 3, 32, 32, generator=g)
