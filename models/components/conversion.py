@@ -242,22 +242,23 @@ def vit_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], num_heads
     swiglu = "blocks.0.mlp.w12.weight" in state_dict
     return {
         "model_name": "vit_giant_patch14_dinov2" if swiglu else "vit_large_patch14_dinov2",
-        "img_size": grid * patch,
-        "patch_size": int(patch),
-        "embed_dim": int(dim),
-        "depth": int(depth),
-        "num_heads": int(num_heads),
-        "mlp_ratio": (fc1 + 0.5) / dim,  # timm takes int(dim * ratio) hidden units
-        "init_values": 1e-5 if "blocks.0.ls1.gamma" in state_dict else None,
-        "num_classes": 0,
+        "vit_kwargs": {
+            "img_size": grid * patch,
+            "patch_size": int(patch),
+            "embed_dim": int(dim),
+            "depth": int(depth),
+            "num_heads": int(num_heads),
+            "mlp_ratio": (fc1 + 0.5) / dim,  # timm takes int(dim * ratio) hidden units
+            "init_values": 1e-5 if "blocks.0.ls1.gamma" in state_dict else None,
+        },
     }
 
 
 def build_vit(config: Mapping[str, Any]) -> torch.nn.Module:
+    """The timm ViT of an ID-encoder config (``model_name`` + ``vit_kwargs``, as IDEncoder stores it)."""
     import timm
 
-    kwargs = dict(config)
-    return timm.create_model(kwargs.pop("model_name"), pretrained=False, **kwargs)
+    return timm.create_model(config["model_name"], pretrained=False, num_classes=0, **config["vit_kwargs"])
 
 
 # ----------------------------------------------------------------------------------- conversion
@@ -343,6 +344,7 @@ def convert_anydoor_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     ldm_config: Mapping[str, Any] | None = None,
     vit_num_heads: int | None = None,
+    reference_size: int = 224,
     check: bool = True,
 ) -> dict[str, ConvertedComponent]:
     """Split and rename a ControlLDM state dict into ``unet``, ``controlnet``, ``vae``, ``id_encoder``
@@ -390,14 +392,15 @@ def convert_anydoor_checkpoint(
         id_sd[f"projector.{name}"] = state_dict[key]
         id_sources[f"projector.{name}"] = key
     proj = state_dict[PREFIXES["projector"] + "weight"]
-    if proj.ndim != 2 or proj.shape[1] != vit.config["embed_dim"]:
+    if proj.ndim != 2 or proj.shape[1] != vit.config["vit_kwargs"]["embed_dim"]:
         raise ConversionError(f"id_encoder: {PREFIXES['projector']}weight has shape {tuple(proj.shape)}, "
-                              f"expected (*, {vit.config['embed_dim']})")
+                              f"expected (*, {vit.config['vit_kwargs']['embed_dim']})")
     context_dim = out["unet"].config["cross_attention_dim"]
     if proj.shape[0] != context_dim:
         raise ConversionError(f"id_encoder: projector gives {proj.shape[0]}-dim tokens, the U-Net attends "
                               f"to {context_dim}")
-    out["id_encoder"] = ConvertedComponent({"vit": vit.config, "token_dim": int(proj.shape[0])}, id_sd, id_sources)
+    id_config = {**vit.config, "out_dim": int(proj.shape[0]), "image_size": int(reference_size)}  # IDEncoder's
+    out["id_encoder"] = ConvertedComponent(id_config, id_sd, id_sources)
 
     sched = scheduler_config_from_ldm(config)
     _check_schedule(state_dict, sched)

@@ -84,7 +84,7 @@ def test_full_size_mapping_covers_the_manifest_on_meta():
     assert "conv_in.weight" not in c and out["controlnet"].state_dict["conv_in.weight"].shape == (320, 4, 3, 3)
     assert i["vit.blocks.39.mlp.fc1.weight"] == "cond_stage_model.model.blocks.39.mlp.w12.weight"
     assert i["vit.blocks.0.ls1.gamma"] == "cond_stage_model.model.blocks.0.ls1.gamma"
-    assert out["id_encoder"].config["vit"]["num_heads"] == 24 and out["id_encoder"].config["token_dim"] == 1024
+    assert out["id_encoder"].config["vit_kwargs"]["num_heads"] == 24 and out["id_encoder"].config["out_dim"] == 1024
     assert out["unet"].config["cross_attention_dim"] == 1024 and out["vae"].config["scaling_factor"] == 0.18215
 
 
@@ -129,13 +129,15 @@ def test_released_yaml_round_trips_to_default_architecture(tmp_path):
 
 def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_path):
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from safetensors.torch import load_file
+
+    from models.components.id_encoder import IDEncoder
 
     ckpt = tmp_path / "epoch=1.ckpt"  # Lightning layout, optimizer state included
     torch.save({"epoch": 1, "state_dict": tiny["ldm"], "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(3)}}}]}, ckpt)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_YAML))
     sd = conv.load_state_dict(ckpt)
-    out = conv.convert_anydoor_checkpoint(sd, conv.load_ldm_config(tmp_path / "tiny.yaml"), vit_num_heads=2)
+    out = conv.convert_anydoor_checkpoint(sd, conv.load_ldm_config(tmp_path / "tiny.yaml"), vit_num_heads=2,
+                                          reference_size=28)
     conv.save_converted(out, tmp_path / "model")
 
     g = torch.Generator().manual_seed(1)
@@ -157,12 +159,11 @@ def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_pat
         image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
         assert torch.equal(vae.encode(image).latent_dist.mean, tiny["vae"].encode(image).latent_dist.mean)
         assert torch.equal(vae.decode(x).sample, tiny["vae"].decode(x).sample)
-        ids = load_file(str(tmp_path / "model" / "id_encoder" / "model.safetensors"))
-        vit = conv.build_vit(json.loads((tmp_path / "model" / "id_encoder" / "config.json").read_text())["vit"])
-        vit.load_state_dict({k[4:]: v for k, v in ids.items() if k.startswith("vit.")}, strict=True)
+        id_encoder = IDEncoder.from_pretrained(tmp_path / "model" / "id_encoder").eval()
         img = torch.rand(2, 3, 28, 28, generator=g)
-        assert torch.equal(vit.eval().forward_features(img), tiny["vit"].forward_features(img))
-        assert torch.equal(ids["projector.weight"], tiny["projector"].weight)
+        normed = (img - id_encoder.mean) / id_encoder.std
+        assert torch.equal(id_encoder.features(img), tiny["vit"].forward_features(normed))
+        assert torch.equal(id_encoder(img), tiny["projector"](tiny["vit"].forward_features(normed)))
     assert not torch.equal(tiny["ldm"]["control_model.input_blocks.0.0.weight"], controlnet.conv_in.weight)
     assert controlnet.conv_in.weight.abs().max() == 0
     sched = DDIMScheduler.from_pretrained(tmp_path / "model" / "scheduler")
