@@ -112,6 +112,8 @@ def prepare_target(
     mask_channel_prob: float = 0.7,
     perturb_iou: Sequence[float] = (0.3, 0.99),
     mask_channel: Literal["random", "box", "mask"] | None = None,
+    box_ratio: float = DEFAULT_BOX_GROW,
+    crop_ratio: float = DEFAULT_CROP_GROW,
 ) -> PreparedTarget:
     """The target crop, its collage and the geometry to paste a generation back.
 
@@ -120,6 +122,7 @@ def prepare_target(
     ``PreparedReference`` or its hint directly. ``mask_channel``: "random" (default with ``rng``) is
     the perturbed object mask with probability ``mask_channel_prob``, else the box; "box" (default
     without ``rng``) is the expanded box; "mask" is the unperturbed object mask (a user's mask).
+    ``box_ratio`` / ``crop_ratio`` are the fixed growth factors used without ``rng`` (inference).
 
     Sample: ``target`` float32 3 x S x S in [-1, 1]; ``collage`` float32 4 x S x S (see
     ``build_collage``); ``box`` int64 (4,) in crop pixels; ``object_mask`` float32 1 x S x S {0, 1}.
@@ -154,8 +157,8 @@ def prepare_target(
         box = expand_box_random(obj_box, box_grow, hw, rng)
         crop = expand_box_random(box, crop_grow, hw, rng)
     else:
-        box = expand_box(obj_box, DEFAULT_BOX_GROW, hw)
-        crop = expand_box(box, DEFAULT_CROP_GROW, hw)
+        box = expand_box(obj_box, box_ratio, hw)
+        crop = expand_box(box, crop_ratio, hw)
     transform = CropTransform(square_box(crop, hw), size)
 
     target = transform.apply(image, pad_value=0)

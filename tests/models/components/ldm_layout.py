@@ -108,3 +108,58 @@ def to_ldm_state_dict(unet, controlnet, vae, vit, projector, betas: torch.Tensor
         out[name] = torch.rand(alphas_cumprod.shape, generator=generator)
     out["betas"] = betas.clone()
     return out
+
+
+TINY_UNET = {"in_channels": 4, "out_channels": 4, "model_channels": 32, "attention_resolutions": [4, 2, 1],
+             "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4], "num_head_channels": 16,
+             "use_spatial_transformer": True, "use_linear_in_transformer": True, "transformer_depth": 1,
+             "context_dim": 32, "legacy": False}
+TINY_YAML = {"model": {"target": "cldm.cldm.ControlLDM", "params": {
+    "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": 8, "scale_factor": 0.18215,
+    "control_stage_config": {"target": "cldm.cldm.ControlNet", "params": {**TINY_UNET, "hint_channels": 4}},
+    "unet_config": {"target": "cldm.cldm.ControlledUnetModel", "params": TINY_UNET},
+    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {"embed_dim": 4, "ddconfig": {
+        "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": []}}}}}}
+
+
+def _perturb(module: torch.nn.Module, g: torch.Generator) -> torch.nn.Module:
+    """Random weights everywhere, zero-initialised convs included, so every key matters."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def tiny_models() -> dict:
+    """Tiny diffusers/timm models (explicit configs) and the same weights in the authors' layout."""
+    import timm
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # module constructors draw from the global RNG; keep it isolated
+        return _tiny_models(g)
+
+
+def _tiny_models(g: torch.Generator) -> dict:
+    import timm
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+
+    blocks = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, cross_attention_dim=32,
+                  attention_head_dim=[2, 4, 8, 8], use_linear_projection=True,
+                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",))
+    unet = _perturb(UNet2DConditionModel(sample_size=8, up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                                         **blocks), g)
+    controlnet = _perturb(ControlNetModel(conditioning_channels=4, **blocks), g)
+    torch.nn.init.zeros_(controlnet.conv_in.weight), torch.nn.init.zeros_(controlnet.conv_in.bias)
+    vae = _perturb(AutoencoderKL(block_out_channels=(32, 64, 128, 128), layers_per_block=2, latent_channels=4,
+                                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4), g)
+    vit = _perturb(timm.create_model("vit_giant_patch14_dinov2", pretrained=False, img_size=28, embed_dim=32, depth=40,
+                                     num_heads=2, num_classes=0), g)
+    projector = torch.nn.Linear(32, 32)
+    betas = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").betas
+    ldm = to_ldm_state_dict(unet, controlnet, vae, vit, projector, betas, g)
+    return dict(unet=unet, controlnet=controlnet, vae=vae, vit=vit, projector=projector, ldm=ldm)
+
+

@@ -6,22 +6,19 @@ import torch
 import yaml
 
 from models.components import conversion as conv
-from tests.models.components.ldm_layout import to_ldm_state_dict
+from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 
 # copy of shared/reference/anydoor_official_keys.tsv (keys, shapes of the released checkpoint)
 MANIFEST = Path(__file__).parent / "data" / "anydoor_official_keys.tsv"
 
-TINY_UNET = {"in_channels": 4, "out_channels": 4, "model_channels": 32, "attention_resolutions": [4, 2, 1],
-             "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4], "num_head_channels": 16,
-             "use_spatial_transformer": True, "use_linear_in_transformer": True, "transformer_depth": 1,
-             "context_dim": 32, "legacy": False}
-TINY_YAML = {"model": {"target": "cldm.cldm.ControlLDM", "params": {
-    "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": 8, "scale_factor": 0.18215,
-    "control_stage_config": {"target": "cldm.cldm.ControlNet", "params": {**TINY_UNET, "hint_channels": 4}},
-    "unet_config": {"target": "cldm.cldm.ControlledUnetModel", "params": TINY_UNET},
-    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {"embed_dim": 4, "ddconfig": {
-        "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
-        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": []}}}}}}
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: thread sync costs more than it saves (10x on the shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def manifest_meta() -> dict[str, torch.Tensor]:
@@ -33,37 +30,9 @@ def manifest_meta() -> dict[str, torch.Tensor]:
     return out
 
 
-def _perturb(module: torch.nn.Module, g: torch.Generator) -> torch.nn.Module:
-    """Random weights everywhere, zero-initialised convs included, so every key matters."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    """Tiny diffusers/timm models (explicit configs) and the same weights in the authors' layout."""
-    import timm
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    blocks = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, cross_attention_dim=32,
-                  attention_head_dim=[2, 4, 8, 8], use_linear_projection=True,
-                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",))
-    unet = _perturb(UNet2DConditionModel(sample_size=8, up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                                         **blocks), g)
-    controlnet = _perturb(ControlNetModel(conditioning_channels=4, **blocks), g)
-    torch.nn.init.zeros_(controlnet.conv_in.weight), torch.nn.init.zeros_(controlnet.conv_in.bias)
-    vae = _perturb(AutoencoderKL(block_out_channels=(32, 64, 128, 128), layers_per_block=2, latent_channels=4,
-                                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4), g)
-    vit = _perturb(timm.create_model("vit_giant_patch14_dinov2", pretrained=False, img_size=28, embed_dim=32, depth=40,
-                                     num_heads=2, num_classes=0), g)
-    projector = torch.nn.Linear(32, 32)
-    betas = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").betas
-    ldm = to_ldm_state_dict(unet, controlnet, vae, vit, projector, betas, g)
-    return dict(unet=unet, controlnet=controlnet, vae=vae, vit=vit, projector=projector, ldm=ldm)
+    return tiny_models()
 
 
 def test_full_size_mapping_covers_the_manifest_on_meta():
