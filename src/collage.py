@@ -1,0 +1,56 @@
+"""The collage: the ControlNet input that tells the model where the object goes and what its details are."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from src.geometry import box_size, clip_box
+
+
+def to_signed_chw(image: np.ndarray) -> np.ndarray:
+    """uint8 ``H x W x 3`` -> float32 ``3 x H x W`` in [-1, 1] (the diffusion model's pixel range)."""
+    return (image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy()
+
+
+def build_collage(
+    target_crop: np.ndarray,
+    box: Sequence[int],
+    hint: np.ndarray,
+    mask: np.ndarray | None = None,
+    valid: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Float32 ``4 x S x S``: the crop with ``hint`` resized into ``box``, plus the location channel.
+
+    ``target_crop`` is the uint8 ``S x S x 3`` (padded, resized) target crop and ``box`` the hint's
+    place in it (exclusive ends). Channels 0-2: RGB in [-1, 1]. Channel 3: 1 inside ``box`` (or
+    inside ``mask`` when one is given, which may reach beyond the box), 0 elsewhere, and -1 outside
+    ``valid``, the non-padding part of the crop (everything when ``None``). The hint is stretched to
+    the box like the reference does; its aspect is the 224 x 224 reference's, the box's may differ.
+    """
+    if target_crop.ndim != 3 or target_crop.shape[2] != 3 or target_crop.dtype != np.uint8:
+        raise ValueError(f"target_crop must be uint8 S x S x 3, got {target_crop.dtype} {target_crop.shape}")
+    if hint.ndim != 3 or hint.shape[2] != 3:
+        raise ValueError(f"hint must be h x w x 3, got {hint.shape}")
+    hw = target_crop.shape[:2]
+    x1, y1, x2, y2 = clip_box(box, hw)
+    w, h = box_size((x1, y1, x2, y2))
+    if w == 0 or h == 0:
+        raise ValueError(f"box {tuple(box)} has no area inside the {hw[1]} x {hw[0]} crop")
+    rgb = target_crop.copy()
+    rgb[y1:y2, x1:x2] = cv2.resize(hint.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
+    channel = np.zeros(hw, np.float32)
+    if mask is None:
+        channel[y1:y2, x1:x2] = 1.0
+    else:
+        if mask.shape != hw:
+            raise ValueError(f"mask shape {mask.shape} does not match the crop {hw}")
+        channel[mask > 0] = 1.0
+    if valid is not None:
+        vx1, vy1, vx2, vy2 = clip_box(valid, hw)
+        inside = np.zeros(hw, bool)
+        inside[vy1:vy2, vx1:vx2] = True
+        channel[~inside] = -1.0
+    return np.concatenate([to_signed_chw(rgb), channel[None]], axis=0)

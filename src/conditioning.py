@@ -1,0 +1,178 @@
+"""End-to-end conditioning builders shared by the training data pipeline and inference.
+
+Order of operations follows the reference ``process_pairs``:
+
+reference: object box -> object on white, cropped to the box -> canvas grown (white) by a ratio ->
+padded to a square (white) -> resized to 224 -> optional augmentation -> high-frequency map.
+
+target: object box -> expanded by a ratio (the box the hint fills) -> expanded again by a larger
+ratio and made square (the crop) -> crop padded (black) to a square and resized to S -> hint
+resized into the box -> location channel: the box, or (training, 70 %) a perturbed object mask.
+
+With ``rng`` the ratios and the mask-channel choice are drawn (training); with ``rng=None`` the
+fixed values below are used (inference, evaluation), so the same inputs give the same sample.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, NamedTuple, Sequence
+
+import cv2
+import numpy as np
+
+from src.collage import build_collage, to_signed_chw
+from src.geometry import Box, expand_box, expand_box_random, mask_to_box, square_box
+from src.highfreq import high_frequency_map
+from src.image_ops import CropTransform, grow_canvas, pad_to_square
+from src.masks import perturb_mask
+
+# Fixed choices when rng is None (the reference's inference uses 1.2 for the reference canvas and
+# draws the others; we take the middle of the training ranges so train and test distributions meet).
+DEFAULT_REFERENCE_GROW = 1.2
+DEFAULT_BOX_GROW = 1.15
+DEFAULT_CROP_GROW = 2.0
+
+Augment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class PreparedReference(NamedTuple):
+    image: np.ndarray  # float32 3 x S x S in [0, 1]: DINOv2 input (augmented when augment is given)
+    hint: np.ndarray | None  # uint8 S x S x 3 high-frequency map (None when compute_hint=False)
+    mask: np.ndarray  # uint8 S x S in {0, 1}: the object in ``image``
+
+
+class PreparedTarget(NamedTuple):
+    sample: dict[str, np.ndarray]  # target, collage, box, object_mask (docs/design.md)
+    transform: CropTransform  # full image <-> S x S crop; paste_back for inference
+
+
+def _check_image(image: np.ndarray, what: str) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 H x W x 3 RGB, got {image.dtype} {image.shape}")
+
+
+def _check_mask(mask: np.ndarray, image: np.ndarray, what: str) -> None:
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"{what} mask shape {mask.shape} does not match its image {image.shape[:2]}")
+
+
+def _resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    # Area averaging when shrinking avoids aliasing large objects into DINOv2; linear when enlarging.
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def prepare_reference(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    grow_range: Sequence[float] = (1.1, 1.5),
+    size: int = 224,
+    augment: Augment | None = None,
+    compute_hint: bool = True,
+) -> PreparedReference:
+    """The reference object on white, framed with a margin, as the ID encoder's input plus its hint.
+
+    ``augment(image_uint8, mask_uint8) -> (image, mask)`` runs on the ``size`` px square before the
+    hint, so the hint and the DINOv2 input see the same flip/colour change (as in the reference).
+    Raises ``ValueError`` for an empty mask.
+    """
+    _check_image(image, "reference image")
+    _check_mask(mask, image, "reference")
+    x1, y1, x2, y2 = mask_to_box(mask)
+    fg = mask > 0
+    on_white = np.where(fg[..., None], image, np.uint8(255))[y1:y2, x1:x2]
+    obj = fg[y1:y2, x1:x2].astype(np.uint8) * 255
+    ratio = float(rng.uniform(*grow_range)) if rng is not None else DEFAULT_REFERENCE_GROW
+    on_white, obj = grow_canvas(on_white, obj, ratio)
+    on_white, _ = pad_to_square(on_white, 255)
+    obj, _ = pad_to_square(obj, 0)
+    ref = _resize_square(on_white, size)
+    ref_mask = (_resize_square(obj, size) > 127).astype(np.uint8)
+    if augment is not None:
+        ref, ref_mask = augment(ref, ref_mask)
+        if ref.shape != (size, size, 3) or ref_mask.shape != (size, size):
+            raise ValueError(f"augment changed the shapes to {ref.shape} / {ref_mask.shape}; it must keep {size} x {size}")
+        ref = np.ascontiguousarray(ref, dtype=np.uint8)
+        ref_mask = (np.asarray(ref_mask) > 0).astype(np.uint8)
+    hint = high_frequency_map(ref, ref_mask) if compute_hint else None
+    return PreparedReference(ref.astype(np.float32).transpose(2, 0, 1) / 255.0, hint, ref_mask)
+
+
+def prepare_target(
+    image: np.ndarray,
+    mask_or_box: np.ndarray | Sequence[int],
+    reference: PreparedReference | np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    box_grow: Sequence[float] = (1.1, 1.2),
+    crop_grow: Sequence[float] = (1.3, 3.0),
+    size: int = 512,
+    mask_channel_prob: float = 0.7,
+    perturb_iou: Sequence[float] = (0.3, 0.99),
+    mask_channel: Literal["random", "box", "mask"] | None = None,
+) -> PreparedTarget:
+    """The target crop, its collage and the geometry to paste a generation back.
+
+    ``mask_or_box`` is the object's ``H x W`` mask (training, or a user mask) or an ``(x1, y1, x2,
+    y2)`` box (inference from a box; the object mask is then the box). ``reference`` is a
+    ``PreparedReference`` or its hint directly. ``mask_channel``: "random" (default with ``rng``) is
+    the perturbed object mask with probability ``mask_channel_prob``, else the box; "box" (default
+    without ``rng``) is the expanded box; "mask" is the unperturbed object mask (a user's mask).
+
+    Sample: ``target`` float32 3 x S x S in [-1, 1]; ``collage`` float32 4 x S x S (see
+    ``build_collage``); ``box`` int64 (4,) in crop pixels; ``object_mask`` float32 1 x S x S {0, 1}.
+    """
+    _check_image(image, "target image")
+    hint = reference.hint if isinstance(reference, PreparedReference) else reference
+    if hint is None:
+        raise ValueError("the reference has no hint: call prepare_reference(compute_hint=True)")
+    hw = image.shape[:2]
+    if isinstance(mask_or_box, np.ndarray) and mask_or_box.ndim == 2:
+        _check_mask(mask_or_box, image, "target")
+        full_mask = (mask_or_box > 0).astype(np.uint8)
+        obj_box: Box = mask_to_box(full_mask)
+        have_mask = True
+    else:
+        obj_box = expand_box(mask_or_box, 1.0, hw)  # validates and clips
+        if obj_box[2] == obj_box[0] or obj_box[3] == obj_box[1]:
+            raise ValueError(f"target box {tuple(mask_or_box)} has no area inside the {hw[1]} x {hw[0]} image")
+        full_mask = np.zeros(hw, np.uint8)
+        full_mask[obj_box[1] : obj_box[3], obj_box[0] : obj_box[2]] = 1
+        have_mask = False
+
+    mode = mask_channel or ("random" if rng is not None else "box")
+    if mode == "random" and rng is None:
+        raise ValueError('mask_channel="random" needs an rng')
+    if mode == "mask" and not have_mask:
+        raise ValueError('mask_channel="mask" needs a target mask, not a box')
+    if mode not in ("random", "box", "mask"):
+        raise ValueError(f'mask_channel must be "random", "box" or "mask", got {mode!r}')
+
+    if rng is not None:
+        box = expand_box_random(obj_box, box_grow, hw, rng)
+        crop = expand_box_random(box, crop_grow, hw, rng)
+    else:
+        box = expand_box(obj_box, DEFAULT_BOX_GROW, hw)
+        crop = expand_box(box, DEFAULT_CROP_GROW, hw)
+    transform = CropTransform(square_box(crop, hw), size)
+
+    target = transform.apply(image, pad_value=0)
+    object_mask = transform.apply(full_mask, pad_value=0, interpolation=cv2.INTER_NEAREST)
+    crop_box = transform.box_to_crop(box)
+
+    channel_mask = None
+    if mode == "mask":
+        channel_mask = object_mask
+    elif mode == "random" and rng.random() < mask_channel_prob and object_mask.any():
+        channel_mask = perturb_mask(object_mask, perturb_iou, rng)
+    collage = build_collage(target, crop_box, hint, mask=channel_mask, valid=transform.valid_box())
+
+    sample = {
+        "target": to_signed_chw(target),
+        "collage": collage,
+        "box": np.asarray(crop_box, dtype=np.int64),
+        "object_mask": object_mask[None].astype(np.float32),
+    }
+    return PreparedTarget(sample, transform)

@@ -1,0 +1,204 @@
+"""Padding, canvas growth and the crop -> pad-to-square -> resize transform with its exact inverse.
+
+Images are ``H x W`` or ``H x W x C`` numpy arrays; boxes follow ``src.geometry`` (exclusive ends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import cv2
+import numpy as np
+
+from src.geometry import Box, box_size, clip_box, scale_box
+
+
+class Offset(NamedTuple):
+    """Where the original image's top-left pixel lands in the padded one."""
+
+    x: int
+    y: int
+
+
+def _pad(image: np.ndarray, top: int, bottom: int, left: int, right: int, value) -> np.ndarray:
+    out_shape = (image.shape[0] + top + bottom, image.shape[1] + left + right) + image.shape[2:]
+    out = np.empty(out_shape, dtype=image.dtype)
+    out[...] = np.asarray(value, dtype=image.dtype)
+    out[top : top + image.shape[0], left : left + image.shape[1]] = image
+    return out
+
+
+def pad_to_square(
+    image: np.ndarray, value=0, random_offset: bool = False, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, Offset]:
+    """Pad the short side to make ``image`` square; returns the padded image and the ``Offset``.
+
+    Centred padding puts ``floor(pad / 2)`` before the image; ``random_offset`` draws it uniformly
+    from ``0..pad`` instead (needs ``rng``). ``value`` may be a scalar or one value per channel.
+    """
+    h, w = image.shape[:2]
+    pad = abs(h - w)
+    if random_offset:
+        if rng is None:
+            raise ValueError("pad_to_square(random_offset=True) needs an np.random.Generator (rng)")
+        before = int(rng.integers(0, pad + 1))
+    else:
+        before = pad // 2
+    if h >= w:
+        return _pad(image, 0, 0, before, pad - before, value), Offset(before, 0)
+    return _pad(image, before, pad - before, 0, 0, value), Offset(0, before)
+
+
+def grow_canvas(image: np.ndarray, mask: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centre ``image`` (padded white) and ``mask`` (padded 0) on a canvas ``int(side * ratio)`` per side.
+
+    Gives the reference object a margin so DINOv2 sees its outline, not a frame-filling crop.
+    """
+    if ratio < 1:
+        raise ValueError(f"grow ratio must be >= 1, got {ratio}")
+    if mask.shape[:2] != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image {image.shape[:2]}")
+    h, w = image.shape[:2]
+    dh, dw = int(h * ratio) - h, int(w * ratio) - w
+    top, left = dh // 2, dw // 2
+    return _pad(image, top, dh - top, left, dw - left, 255), _pad(mask, top, dh - top, left, dw - left, 0)
+
+
+def _resize(image: np.ndarray, size_wh: tuple[int, int], interpolation: int) -> np.ndarray:
+    if image.shape[1] == size_wh[0] and image.shape[0] == size_wh[1]:
+        return image.copy()
+    out = cv2.resize(image, size_wh, interpolation=interpolation)
+    return out.reshape(out.shape[:2] + image.shape[2:])  # cv2 drops a trailing channel of size 1
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Crop ``box`` from the full image, pad it to a centred square (side ``max(w, h)``), resize to ``size``.
+
+    The same record maps boxes into crop pixels (``box_to_crop``) and pastes a generated crop back
+    (``paste_back``), so training samples and inference outputs share one geometry.
+    """
+
+    box: Box  # in full-image pixels, exclusive ends
+    size: int  # output side S
+
+    def __post_init__(self) -> None:
+        w, h = box_size(self.box)
+        if w <= 0 or h <= 0:
+            raise ValueError(f"crop box {self.box} is empty")
+        if self.size <= 0:
+            raise ValueError(f"size must be positive, got {self.size}")
+
+    @property
+    def side(self) -> int:
+        """Side of the padded square before resizing."""
+        return max(box_size(self.box))
+
+    @property
+    def offset(self) -> Offset:
+        """Where the crop's top-left lands inside the padded square (centred padding)."""
+        w, h = box_size(self.box)
+        return Offset((self.side - w) // 2, (self.side - h) // 2)
+
+    @property
+    def scale(self) -> float:
+        return self.size / self.side
+
+    def apply(self, image: np.ndarray, pad_value=0, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """Crop, pad with ``pad_value`` and resize ``image`` (use ``cv2.INTER_NEAREST`` for masks)."""
+        x1, y1, x2, y2 = self.box
+        if x2 > image.shape[1] or y2 > image.shape[0] or x1 < 0 or y1 < 0:
+            raise ValueError(f"crop box {self.box} exceeds the image of shape {image.shape[:2]}")
+        crop = image[y1:y2, x1:x2]
+        w, h = box_size(self.box)
+        off = self.offset
+        padded = _pad(crop, off.y, self.side - h - off.y, off.x, self.side - w - off.x, pad_value)
+        return _resize(padded, (self.size, self.size), interpolation)
+
+    def valid_box(self) -> Box:
+        """The part of the output that shows image, not padding, in output pixels."""
+        w, h = box_size(self.box)
+        off = self.offset
+        return self.box_to_crop_raw((off.x, off.y, off.x + w, off.y + h))
+
+    def box_to_crop_raw(self, padded_box: Sequence[int]) -> Box:
+        """Map a box in padded-square pixels to output pixels (start floored, end ceiled, clipped)."""
+        return clip_box(scale_box(padded_box, self.scale), (self.size, self.size))
+
+    def box_to_crop(self, box: Sequence[int]) -> Box:
+        """Map a full-image box to output (S x S) pixels; covers at least the box's area, clipped to S."""
+        x1, y1, x2, y2 = (int(v) for v in box)
+        bx, by = self.box[0] - self.offset.x, self.box[1] - self.offset.y
+        return self.box_to_crop_raw((x1 - bx, y1 - by, x2 - bx, y2 - by))
+
+    def pasted_region(self, image_hw: Sequence[int], margin: int = 5) -> Box:
+        """The full-image pixels ``paste_back`` may change: the crop box shrunk by ``margin``.
+
+        Sides lying on the image border are not shrunk: there is no seam to hide there.
+        """
+        x1, y1, x2, y2 = self.box
+        h, w = int(image_hw[0]), int(image_hw[1])
+        nx1 = x1 + (margin if x1 > 0 else 0)
+        ny1 = y1 + (margin if y1 > 0 else 0)
+        nx2 = x2 - (margin if x2 < w else 0)
+        ny2 = y2 - (margin if y2 < h else 0)
+        return nx1, ny1, max(nx1, nx2), max(ny1, ny2)
+
+    def paste_back(
+        self,
+        full_image: np.ndarray,
+        generated_crop: np.ndarray,
+        margin: int = 5,
+        feather: int = 0,
+        interpolation: int = cv2.INTER_LINEAR,
+    ) -> np.ndarray:
+        """Undo ``apply`` on ``generated_crop`` (S x S, same value range as ``full_image``) and paste it.
+
+        Returns a new image; pixels outside ``pasted_region(margin)`` are bit-for-bit ``full_image``.
+        ``feather`` > 0 blends linearly over that many pixels inside the region's inner edges, so
+        the seam is soft; the region's outer ring then still equals ``full_image`` exactly.
+        """
+        if generated_crop.shape[:2] != (self.size, self.size):
+            raise ValueError(f"generated crop must be {self.size} x {self.size}, got {generated_crop.shape[:2]}")
+        if generated_crop.shape[2:] != full_image.shape[2:]:
+            raise ValueError(f"channels differ: crop {generated_crop.shape}, image {full_image.shape}")
+        side = self.side
+        restored = _resize(generated_crop.astype(np.float32), (side, side), interpolation)
+        off = self.offset
+        w, h = box_size(self.box)
+        restored = restored[off.y : off.y + h, off.x : off.x + w]  # drop the padding: crop-box pixels
+        out = full_image.copy()
+        rx1, ry1, rx2, ry2 = self.pasted_region(full_image.shape[:2], margin)
+        if rx2 <= rx1 or ry2 <= ry1:
+            return out
+        x1, y1 = self.box[:2]
+        patch = restored[ry1 - y1 : ry2 - y1, rx1 - x1 : rx2 - x1]
+        if feather > 0:
+            alpha = self._feather_alpha((rx1, ry1, rx2, ry2), full_image.shape[:2], feather)
+            if patch.ndim == 3:
+                alpha = alpha[..., None]
+            old = full_image[ry1:ry2, rx1:rx2].astype(np.float32)
+            patch = alpha * patch + (1.0 - alpha) * old
+        if np.issubdtype(full_image.dtype, np.integer):
+            info = np.iinfo(full_image.dtype)
+            patch = np.clip(np.rint(patch), info.min, info.max)
+        out[ry1:ry2, rx1:rx2] = patch.astype(full_image.dtype)
+        return out
+
+    @staticmethod
+    def _feather_alpha(region: Box, image_hw: Sequence[int], feather: int) -> np.ndarray:
+        """Weight rising from ~0 at the region's edge to 1 at ``feather`` px inside (image borders excluded)."""
+        x1, y1, x2, y2 = region
+        h, w = int(image_hw[0]), int(image_hw[1])
+        big = np.float32(1e9)
+
+        def ramp(n: int, soft_start: bool, soft_end: bool) -> np.ndarray:
+            i = np.arange(n, dtype=np.float32)
+            start = (i + 1) / (feather + 1) if soft_start else np.full(n, big)
+            end = (n - i) / (feather + 1) if soft_end else np.full(n, big)
+            return np.minimum(np.minimum(start, end), 1.0)
+
+        ax = ramp(x2 - x1, x1 > 0, x2 < w)
+        ay = ramp(y2 - y1, y1 > 0, y2 < h)
+        return np.minimum(ay[:, None], ax[None, :])

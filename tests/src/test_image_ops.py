@@ -1,0 +1,123 @@
+import cv2
+import numpy as np
+import pytest
+
+from src.image_ops import CropTransform, Offset, grow_canvas, pad_to_square
+
+
+def test_pad_to_square_centred_wide_and_tall():
+    wide = np.ones((2, 5, 3), np.uint8)
+    out, off = pad_to_square(wide, 255)
+    assert out.shape == (5, 5, 3) and off == Offset(0, 1)
+    assert (out[0] == 255).all() and (out[1:3] == 1).all() and (out[3:] == 255).all()
+    tall = np.ones((6, 3), np.uint8)
+    out, off = pad_to_square(tall, 0)
+    assert out.shape == (6, 6) and off == Offset(1, 0)
+    assert (out[:, 0] == 0).all() and (out[:, 1:4] == 1).all() and (out[:, 4:] == 0).all()
+
+
+def test_pad_to_square_already_square_and_per_channel_value():
+    sq = np.zeros((4, 4, 3), np.uint8)
+    out, off = pad_to_square(sq, 9)
+    assert np.array_equal(out, sq) and off == Offset(0, 0)
+    out, _ = pad_to_square(np.zeros((1, 3, 3), np.uint8), (1, 2, 3))
+    assert out[0, 0].tolist() == [1, 2, 3]
+
+
+def test_pad_to_square_random_offset_reproducible_and_covers_range():
+    img = np.ones((2, 8), np.uint8)
+    offs = {pad_to_square(img, 0, True, np.random.default_rng(s))[1].y for s in range(60)}
+    assert offs == set(range(7))  # 0..6 inclusive
+    a = pad_to_square(img, 0, True, np.random.default_rng(5))
+    b = pad_to_square(img, 0, True, np.random.default_rng(5))
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    with pytest.raises(ValueError, match="rng"):
+        pad_to_square(img, 0, True)
+
+
+def test_grow_canvas_hand_computed():
+    img = np.zeros((10, 20, 3), np.uint8)
+    mask = np.ones((10, 20), np.uint8)
+    gi, gm = grow_canvas(img, mask, 1.5)  # 15 x 30: 5 extra rows (2 top, 3 bottom), 10 cols (5, 5)
+    assert gi.shape == (15, 30, 3) and gm.shape == (15, 30)
+    assert (gi[:2] == 255).all() and (gi[12:] == 255).all() and (gi[:, :5] == 255).all()
+    assert (gi[2:12, 5:25] == 0).all()
+    assert gm.sum() == 200 and gm[2:12, 5:25].all()
+    with pytest.raises(ValueError):
+        grow_canvas(img, mask, 0.9)
+
+
+def test_crop_transform_geometry():
+    t = CropTransform((10, 20, 50, 40), 64)  # 40 wide, 20 high -> side 40, pad 10 rows on top
+    assert t.side == 40 and t.offset == Offset(0, 10) and t.scale == pytest.approx(1.6)
+    assert t.valid_box() == (0, 16, 64, 48)
+    assert t.box_to_crop((10, 20, 50, 40)) == (0, 16, 64, 48)
+    assert t.box_to_crop((20, 25, 30, 35)) == (16, 24, 32, 40)
+
+
+def test_crop_transform_apply_values():
+    img = np.arange(100 * 80 * 3, dtype=np.uint32).reshape(100, 80, 3).astype(np.uint8)
+    t = CropTransform((10, 20, 50, 40), 40)  # scale 1: crop and pad only
+    out = t.apply(img, pad_value=0)
+    assert out.shape == (40, 40, 3)
+    assert np.array_equal(out[10:30], img[20:40, 10:50])
+    assert (out[:10] == 0).all() and (out[30:] == 0).all()
+    mask = np.zeros((100, 80), np.uint8)
+    mask[25:30, 15:20] = 1
+    m = CropTransform((10, 20, 50, 40), 80).apply(mask, 0, cv2.INTER_NEAREST)
+    assert m.shape == (80, 80) and set(np.unique(m)) == {0, 1}
+    assert m.sum() == 25 * 4  # nearest, exact 2x upscale
+    with pytest.raises(ValueError, match="exceeds"):
+        CropTransform((50, 50, 120, 90), 32).apply(img)
+
+
+@pytest.mark.parametrize("box", [(10, 20, 50, 40), (0, 0, 37, 61), (30, 5, 80, 100), (5, 5, 45, 45)])
+@pytest.mark.parametrize("feather", [0, 4])
+def test_paste_back_leaves_outside_region_bit_exact(box, feather):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (100, 80, 3)).astype(np.uint8)
+    t = CropTransform(box, 64)
+    gen = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    out = t.paste_back(img, gen, margin=5, feather=feather)
+    x1, y1, x2, y2 = t.pasted_region(img.shape[:2], 5)
+    outside = np.ones(img.shape[:2], bool)
+    outside[y1:y2, x1:x2] = False
+    assert out.dtype == img.dtype and out.shape == img.shape
+    assert np.array_equal(out[outside], img[outside])
+    assert not np.array_equal(out[~outside], img[~outside])
+
+
+def test_paste_back_inverts_apply():
+    # A smooth image survives crop -> pad -> resize -> resize back -> unpad up to interpolation error.
+    yy, xx = np.mgrid[0:120, 0:90]
+    img = np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8)
+    t = CropTransform((20, 30, 70, 100), 128)
+    back = t.paste_back(np.zeros_like(img), t.apply(img, 0), margin=0)
+    x1, y1, x2, y2 = t.box
+    err = np.abs(back[y1:y2, x1:x2].astype(int) - img[y1:y2, x1:x2].astype(int))
+    assert err[1:-1, 1:-1].max() <= 1
+    assert (back[:y1] == 0).all() and (back[:, :x1] == 0).all()
+
+
+def test_paste_back_margin_not_applied_on_image_border():
+    t = CropTransform((0, 10, 40, 50), 32)
+    assert t.pasted_region((50, 60), 5) == (0, 15, 35, 50)
+
+
+def test_feather_blends_towards_original_at_region_edge():
+    img = np.zeros((60, 60), np.float32)
+    t = CropTransform((10, 10, 50, 50), 40)
+    gen = np.full((40, 40), 100.0, np.float32)
+    out = t.paste_back(img, gen, margin=2, feather=5)
+    assert out[30, 30] == pytest.approx(100.0)
+    assert 0 < out[30, 12] < out[30, 14] < out[30, 30]  # first pasted column is the softest
+    hard = t.paste_back(img, gen, margin=2, feather=0)
+    assert hard[30, 12] == pytest.approx(100.0)
+
+
+def test_crop_transform_rejects_bad_inputs():
+    with pytest.raises(ValueError):
+        CropTransform((5, 5, 5, 10), 32)
+    t = CropTransform((0, 0, 10, 10), 16)
+    with pytest.raises(ValueError):
+        t.paste_back(np.zeros((20, 20, 3), np.uint8), np.zeros((15, 16, 3), np.uint8))
