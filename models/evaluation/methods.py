@@ -8,6 +8,7 @@ reference object, placed the way the collage places its high-frequency map.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,92 +82,134 @@ class FromFolder:
         return torch.stack(out)
 
 
-class PipelineMethod:
-    """Generate with an ``AnyDoorPipeline`` loaded from a pretrained folder (or given directly).
+def latest(pattern: str | Path) -> Path:
+    """``pattern`` itself, or with a ``*`` the newest match (e.g. the last training run's checkpoint)."""
+    pattern = str(pattern)
+    if "*" not in pattern:
+        return Path(pattern)
+    import glob
 
-    Each job is seeded from ``seed`` and its index in the job list order, so a method's output does not
-    depend on the batch size and the untrained and trained models draw the same noise.
+    hits = sorted(glob.glob(pattern), key=lambda p: Path(p).stat().st_mtime)
+    if not hits:
+        raise FileNotFoundError(f"nothing matches {pattern} (train first: `make train`)")
+    return Path(hits[-1])
+
+
+class PipelineMethod:
+    """Generate with an ``AnyDoorPipeline`` from a pretrained folder (``*`` picks the newest match).
+
+    ``steps`` / ``guidance`` default to the folder's ``model_index.json`` (``sample_steps``,
+    ``guidance_scale``: what the training recipe samples with), else 50 and 5.0. Each job's noise is
+    seeded from ``seed`` and the job's name, so outputs do not depend on the batch and every model
+    draws the same noise for the same job.
     """
 
     def __init__(
         self,
         model: str | Path | Any,
-        steps: int = 25,
-        guidance: float = 5.0,
+        steps: int | None = None,
+        guidance: float | None = None,
         seed: int = 0,
+        scheduler: str = "ddim",
         device: str = "cpu",
-        call_kwargs: dict | None = None,
     ):
+        index: dict = {}
         if isinstance(model, (str, Path)):
             from models.pipeline import AnyDoorPipeline
 
-            if not Path(model).is_dir():
-                raise FileNotFoundError(f"model folder {model} does not exist")
-            model = AnyDoorPipeline.from_pretrained(str(model))
-        self.pipeline = model.to(device) if hasattr(model, "to") else model
-        self.steps, self.guidance, self.seed, self.device = steps, guidance, seed, device
-        self.call_kwargs = dict(call_kwargs or {})
-        self._calls = 0
+            folder = latest(model)
+            if (folder / "model_index.json").is_file():
+                index = json.loads((folder / "model_index.json").read_text())
+            model = AnyDoorPipeline.from_pretrained(folder)
+            self.source = str(folder)
+        else:
+            self.source = type(model).__name__
+        self.pipeline = model.to(device=device)
+        self.steps = int(steps if steps is not None else index.get("sample_steps", 50))
+        self.guidance = float(guidance if guidance is not None else index.get("guidance_scale", 5.0))
+        self.seed, self.scheduler, self.device = seed, scheduler, device
 
     @property
-    def size(self) -> int | None:
-        return getattr(self.pipeline, "image_size", None)
+    def size(self) -> int:
+        return int(self.pipeline.crop_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.source, "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler, "seed": self.seed}
 
     def __call__(self, jobs: list[PreparedJob]) -> Tensor:
-        out = []
+        from models.pipeline import Job as PipelineJob
+
+        calls = []
         for job in jobs:
-            generator = torch.Generator(self.device).manual_seed(self.seed + _job_seed(job.name))
             where = job.raw["where"]
-            place = {"box": where} if isinstance(where, tuple) else {"mask": where}
-            result = self.pipeline(
-                reference=job.raw["reference"],
-                reference_mask=job.raw["reference_mask"],
-                target=job.raw["target"],
-                num_inference_steps=self.steps,
-                guidance_scale=self.guidance,
-                generator=generator,
-                **place,
-                **self.call_kwargs,
-            )
-            crop = _as_crop(result)
-            if crop.shape[-2:] != job.target.shape[-2:]:
-                raise ValueError(
-                    f"the pipeline's crop is {tuple(crop.shape[-2:])}, the evaluation crop {tuple(job.target.shape[-2:])}: set size to the model's"
-                )
-            out.append(crop)
-        return torch.stack(out)
+            place = {"box": where} if isinstance(where, tuple) else {"target_mask": where}
+            calls.append(PipelineJob(reference=job.raw["reference"], reference_mask=job.raw["reference_mask"], target=job.raw["target"], name=job.name, **place))
+        generators = [torch.Generator(self.device).manual_seed(self.seed + _job_seed(j.name)) for j in jobs]
+        result = self.pipeline(
+            calls, num_inference_steps=self.steps, guidance_scale=self.guidance, scheduler=self.scheduler, generator=generators, progress=False
+        )
+        for job, box in zip(jobs, result.boxes):
+            if tuple(box) != tuple(job.transform.box):
+                raise ValueError(f"job {job.name!r}: the pipeline cropped {tuple(box)}, the evaluation {tuple(job.transform.box)}")
+        crops = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255.0 for c in result.crops])
+        if crops.shape[-1] != jobs[0].target.shape[-1]:
+            raise ValueError(f"the pipeline's crop is {crops.shape[-1]} px, the evaluation's {jobs[0].target.shape[-1]}: set size to {crops.shape[-1]}")
+        return crops
+
+
+class ModuleMethod(PipelineMethod):
+    """A model as ``lightning fit`` builds it from a config, optionally with a training checkpoint.
+
+    Without a checkpoint this is the untrained model (the same seeded initialisation training starts
+    from); with one, its trainable weights (EMA when kept and ``use_ema``) are loaded and the frozen
+    parts rebuilt from the config, as Lightning does. ``checkpoint`` may hold a ``*``.
+    """
+
+    def __init__(
+        self,
+        config: str | Path,
+        checkpoint: str | Path | None = None,
+        use_ema: bool = True,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        scheduler: str = "ddim",
+        device: str = "cpu",
+    ):
+        import tempfile
+
+        import yaml
+
+        from models.evaluation.runner import instantiate
+
+        config = Path(config)
+        if not config.is_file():
+            raise FileNotFoundError(f"training config {config} does not exist")
+        spec = yaml.safe_load(config.read_text()) or {}
+        if "model" not in spec:
+            raise ValueError(f"{config}: no 'model' section (class_path/init_args)")
+        module = instantiate(spec["model"])
+        source = f"{config} (untrained)"
+        if checkpoint is not None:
+            path = latest(checkpoint)
+            if not path.is_file():
+                raise FileNotFoundError(f"checkpoint {path} does not exist")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if "state_dict" not in ckpt:
+                raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+            missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+            trainable = set(module.trainable_parameters())
+            if unexpected or trainable - set(ckpt["state_dict"]):
+                raise ValueError(f"{path}: does not fit {config}: unexpected {unexpected[:5]}, missing trainable {sorted(trainable - set(ckpt['state_dict']))[:5]}")
+            module.on_load_checkpoint(ckpt)
+            source = f"{path} (step {ckpt.get('global_step', '?')}{', EMA' if use_ema and 'ema' in ckpt else ''})"
+        with tempfile.TemporaryDirectory(prefix="anydoor-eval-") as tmp:
+            module.save_pretrained(tmp, use_ema=use_ema and checkpoint is not None)
+            super().__init__(tmp, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, device=device)
+        self.source = source
 
 
 def _job_seed(name: str) -> int:
     import zlib
 
     return zlib.crc32(name.encode()) % (2**31)
-
-
-def _as_crop(result: Any) -> Tensor:
-    """The generated crop from a pipeline result, as float 3 x S x S in [0, 1]."""
-    import numpy as np
-
-    crop = getattr(result, "crops", None)
-    if crop is None:
-        crop = getattr(result, "crop", None)
-    if crop is None and isinstance(result, dict):
-        crop = result.get("crops", result.get("crop"))
-    if crop is None:
-        raise TypeError(f"the pipeline returned {type(result).__name__} without a generated crop")
-    if isinstance(crop, (list, tuple)):
-        crop = crop[0]
-    if isinstance(crop, Tensor):
-        t = crop.detach().float().cpu()
-        if t.dim() == 4:
-            t = t[0]
-        if t.shape[0] != 3 and t.shape[-1] == 3:
-            t = t.permute(2, 0, 1)
-        return (t / 255.0 if t.max() > 1.5 else t).clamp(0, 1)
-    arr = np.asarray(crop)
-    t = torch.from_numpy(np.ascontiguousarray(arr)).float()
-    if t.dim() == 4:
-        t = t[0]
-    if t.shape[-1] == 3:
-        t = t.permute(2, 0, 1)
-    return (t / 255.0 if arr.dtype == np.uint8 else t).clamp(0, 1)
