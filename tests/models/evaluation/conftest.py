@@ -77,3 +77,15 @@ def job_folder(tmp_path_factory):
         entries.append(entry)
     (root / "jobs.json").write_text(json.dumps(entries))
     return root
+
+
+@pytest.fixture(scope="session")
+def heldout_shards(tmp_path_factory):
+    """A tiny held-out synthetic set packed by the real `anydoor shards` (2 clips + 2 stills)."""
+    from src.cli.main import main
+
+    out = tmp_path_factory.mktemp("heldout") / "val"
+    rc = main(["shards", "synthetic", "--out", str(out), "--seed", "1000", "--videos", "2", "--images", "2",
+               "--frame-size", "128x72", "--frames", "6", "--workers", "1", "--no-progress", "--items-per-shard", "2"])
+    assert rc == 0
+    return out
