@@ -113,7 +113,7 @@ def save_grid(path: Path, jobs: list[PreparedJob], outputs: Mapping[str, Tensor]
     if not jobs:
         return
     s = jobs[0].target.shape[-1]
-    titles = ["reference", "collage", "ground truth", *outputs]
+    titles = ["reference", "collage", "truth", *outputs]
     header = 14
     canvas = Image.new("RGB", (len(titles) * (s + 2), header + len(jobs) * (s + 2)), "white")
     draw = ImageDraw.Draw(canvas)

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dino", nargs=2, metavar=("TIMM_MODEL", "WEIGHTS"), help="DINO-I with a timm ViT and a local weight file")
     parser.add_argument("--clip", nargs="+", metavar="MODEL", help="CLIP-I: an open_clip name and a local weight file, or a local open_clip folder")
     parser.add_argument("--training-log", dest="training_log", help="TensorBoard run folder ('*' = newest) to plot loss and held-out PSNR over steps")
-    parser.add_argument("--checkpoint-series", dest="checkpoint_series", help="glob of training checkpoints to score over steps (needs --checkpoint-config)")
+    parser.add_argument("--checkpoint-series", dest="checkpoint_series", help="glob of training checkpoints to score over steps, relative to the --training-log run (needs --checkpoint-config)")
     parser.add_argument("--checkpoint-config", dest="checkpoint_config", help="the training config the checkpoints come from")
 
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.evaluation.curves import plot_training, score_checkpoints
     from models.evaluation.jobs import load_jobs
-    from models.evaluation.methods import BackgroundFill, CopyPaste
+    from models.evaluation.methods import BackgroundFill, CopyPaste, latest
     from models.evaluation.runner import evaluate, markdown_table
     from models.evaluation.shard_jobs import jobs_from_shards
 
@@ -153,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
     if settings["checkpoint_series"]:
         if not settings["checkpoint_config"]:
             raise SystemExit("anydoor eval: checkpoint_series needs checkpoint_config (the training config)")
-        series = score_checkpoints(settings["checkpoint_config"], settings["checkpoint_series"], jobs, size=size, seed=settings["seed"])
+        pattern = settings["checkpoint_series"]
+        if settings["training_log"] and not Path(pattern).is_absolute():
+            pattern = str(latest(settings["training_log"]) / pattern)  # the same run as the curves
+        series = score_checkpoints(settings["checkpoint_config"], pattern, jobs, size=size, seed=settings["seed"])
         (out / "checkpoint_series.json").write_text(json.dumps(series, indent=1))
     if settings["training_log"]:
         lines = {n: result["summary"][n]["psnr_box"]["mean"] for n in ("background", "copy_paste") if "psnr_box" in result["summary"].get(n, {})}
