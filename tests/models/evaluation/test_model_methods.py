@@ -54,6 +54,10 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
     assert not torch.allclose(untrained(prepared[:1]), trained(prepared[:1]))
     result = evaluate(load_jobs(job_folder), {"untrained": untrained, "trained": trained}, tmp_path / "eval", size=SIZE, save_images=False)
     assert result["summary"]["trained"]["psnr_box"]["n"] == 3
+    from models.evaluation.curves import score_checkpoints
+
+    series = score_checkpoints(tiny_config, str(tmp_path / "*.ckpt"), load_jobs(job_folder)[:1], size=SIZE)
+    assert [r["step"] for r in series] == [0, 7] and all("psnr_box" in r for r in series)
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {"nope": torch.zeros(1)}}, bad)
     with pytest.raises(ValueError, match="does not fit"):
