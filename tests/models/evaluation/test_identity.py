@@ -55,3 +55,19 @@ def test_scorers_refuse_missing_or_wrong_weights(tmp_path, tiny_extractor_files)
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt"):
         load_state_dict_file(bad)
+
+
+def test_dino_scorer_reads_dinov2_release_layout(tmp_path):
+    """A DINOv2-style file (518 px position grid, mask_token, 'module.' prefix) loads at 224 px."""
+    import timm
+    from safetensors.torch import save_file
+
+    kwargs = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+    src = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=518, **kwargs)
+    state = {f"module.{k}": v for k, v in src.state_dict().items()}
+    state["module.mask_token"] = torch.zeros(1, 32)
+    save_file(state, str(tmp_path / "dinov2.safetensors"))
+    scorer = DinoScorer("vit_small_patch14_dinov2", tmp_path / "dinov2.safetensors", img_size=224, model_kwargs=kwargs)
+    assert scorer.model.pos_embed.shape[1] == 16 * 16 + 1
+    assert torch.equal(scorer.model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    assert scorer.embed(torch.rand(1, 3, 64, 64)).shape == (1, 32)
