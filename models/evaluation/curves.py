@@ -42,8 +42,10 @@ def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def score_checkpoints(config: str | Path, pattern: str, jobs: list, size: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Held-out PSNR of the untrained model and of every checkpoint matching ``pattern``, by step."""
+def score_checkpoints(config: str | Path | None, pattern: str, jobs: list, size: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Held-out PSNR of the untrained model and of every checkpoint matching ``pattern``, by step.
+
+    ``config`` None: the run's own ``config.yaml`` next to the checkpoints folder."""
     import torch
 
     from models.evaluation.methods import ModuleMethod
@@ -56,6 +58,8 @@ def score_checkpoints(config: str | Path, pattern: str, jobs: list, size: int, s
     for p in paths:
         step = int(torch.load(p, map_location="cpu", weights_only=True).get("global_step", -1))
         by_step.setdefault(step, p)  # last.ckpt repeats a step: keep one
+    if config is None:
+        config = Path(paths[0]).parent.parent / "config.yaml"
     rows = []
     for step, path in sorted(by_step.items()):
         method = ModuleMethod(config, checkpoint=path, seed=seed)
@@ -98,7 +102,7 @@ def plot_training(
             if pts:
                 ax_psnr.plot(*zip(*pts), "s-", color=colour, label=f"{key} (anydoor eval, held-out jobs)")
     for i, (name, value) in enumerate((baselines or {}).items()):
-        ax_psnr.axhline(value, ls="--", lw=1, color=f"C{i + 5}", label=f"{name} baseline")
+        ax_psnr.axhline(value, ls="--", lw=1, color=f"C{i + 5}", label=f"{name} baseline ({value:.1f} dB)")
     ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="held-out PSNR")
     if ax_psnr.has_data():
         ax_psnr.legend(fontsize=8)

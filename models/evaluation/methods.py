@@ -162,12 +162,14 @@ class ModuleMethod(PipelineMethod):
 
     Without a checkpoint this is the untrained model (the same seeded initialisation training starts
     from); with one, its trainable weights (EMA when kept and ``use_ema``) are loaded and the frozen
-    parts rebuilt from the config, as Lightning does. ``checkpoint`` may hold a ``*``.
+    parts rebuilt from the config, as Lightning does. ``config`` and ``checkpoint`` may hold a ``*``
+    (newest match); without ``config``, the ``config.yaml`` Lightning saved in the checkpoint's run
+    folder is used, so the model is rebuilt with the recipe it was trained with.
     """
 
     def __init__(
         self,
-        config: str | Path,
+        config: str | Path | None = None,
         checkpoint: str | Path | None = None,
         use_ema: bool = True,
         steps: int | None = None,
@@ -182,7 +184,14 @@ class ModuleMethod(PipelineMethod):
 
         from models.evaluation.runner import instantiate
 
-        config = Path(config)
+        path = latest(checkpoint) if checkpoint is not None else None
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        if config is None:
+            if path is None:
+                raise ValueError("ModuleMethod needs a training config, a checkpoint, or both")
+            config = path.parent.parent / "config.yaml"  # <run>/checkpoints/x.ckpt -> <run>/config.yaml
+        config = latest(config)
         if not config.is_file():
             raise FileNotFoundError(f"training config {config} does not exist")
         spec = yaml.safe_load(config.read_text()) or {}
@@ -190,10 +199,7 @@ class ModuleMethod(PipelineMethod):
             raise ValueError(f"{config}: no 'model' section (class_path/init_args)")
         module = instantiate(spec["model"])
         source = f"{config} (untrained)"
-        if checkpoint is not None:
-            path = latest(checkpoint)
-            if not path.is_file():
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
+        if path is not None:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             if "state_dict" not in ckpt:
                 raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")

@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dino", nargs=2, metavar=("TIMM_MODEL", "WEIGHTS"), help="DINO-I with a timm ViT and a local weight file")
     parser.add_argument("--clip", nargs="+", metavar="MODEL", help="CLIP-I: an open_clip name and a local weight file, or a local open_clip folder")
     parser.add_argument("--training-log", dest="training_log", help="TensorBoard run folder ('*' = newest) to plot loss and held-out PSNR over steps")
-    parser.add_argument("--checkpoint-series", dest="checkpoint_series", help="glob of training checkpoints to score over steps, relative to the --training-log run (needs --checkpoint-config)")
-    parser.add_argument("--checkpoint-config", dest="checkpoint_config", help="the training config the checkpoints come from")
+    parser.add_argument("--checkpoint-series", dest="checkpoint_series", help="glob of training checkpoints to score over steps, relative to the --training-log run")
+    parser.add_argument("--checkpoint-config", dest="checkpoint_config", help="the training config the checkpoints come from (default: the run's saved config.yaml)")
 
 
 def load_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,8 +151,6 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(result["summary"], list(result["metrics"])))
     series = None
     if settings["checkpoint_series"]:
-        if not settings["checkpoint_config"]:
-            raise SystemExit("anydoor eval: checkpoint_series needs checkpoint_config (the training config)")
         pattern = settings["checkpoint_series"]
         if settings["training_log"] and not Path(pattern).is_absolute():
             pattern = str(latest(settings["training_log"]) / pattern)  # the same run as the curves

@@ -45,8 +45,11 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
 
     module = AnyDoorModule(**TINY_MODEL_KWARGS)
     state = {k: p.detach() + 0.05 for k, p in module.trainable_parameters().items()}
-    torch.save({"state_dict": state, "global_step": 7}, tmp_path / "last.ckpt")
-    trained = ModuleMethod(tiny_config, checkpoint=str(tmp_path / "*.ckpt"))
+    run = tmp_path / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(tiny_config.read_text())  # as Lightning saves it next to the checkpoints
+    torch.save({"state_dict": state, "global_step": 7}, run / "checkpoints" / "last.ckpt")
+    trained = ModuleMethod(checkpoint=str(tmp_path / "version_*" / "checkpoints" / "*.ckpt"))
     assert "step 7" in trained.source
     name = next(k for k in state if k.startswith("denoiser.unet.up_blocks"))
     sub = name.removeprefix("denoiser.unet.")
@@ -56,7 +59,7 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
     assert result["summary"]["trained"]["psnr_box"]["n"] == 3
     from models.evaluation.curves import score_checkpoints
 
-    series = score_checkpoints(tiny_config, str(tmp_path / "*.ckpt"), load_jobs(job_folder)[:1], size=SIZE)
+    series = score_checkpoints(None, str(run / "checkpoints" / "*.ckpt"), load_jobs(job_folder)[:1], size=SIZE)
     assert [r["step"] for r in series] == [0, 7] and all("psnr_box" in r for r in series)
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {"nope": torch.zeros(1)}}, bad)
