@@ -98,11 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(4 * args.workers):
             next(it)
         t = time.perf_counter()
-        got = 0
-        for batch in it:
-            got += len(batch["kind"])
+        got = sum(len(b["kind"]) for b in it)
         multi = got / (time.perf_counter() - t)
-        print(f"loader, {args.workers} workers:                        {multi:7.1f} samples/s ({multi / args.workers:.1f} per worker)")
+        print(f"{f'loader, {args.workers} worker processes':<44} {multi:7.1f} samples/s wall ({multi / args.workers:.1f} per worker)")
     return 0
 
 
