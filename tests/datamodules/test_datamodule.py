@@ -203,3 +203,11 @@ def test_two_gloo_processes_read_disjoint_shards(synthetic_shards, tmp_path):
     mp.spawn(_rank_urls, args=(str(synthetic_shards), str(tmp_path)), nprocs=2)
     seen = [set(json.loads((tmp_path / f"{r}.json").read_text())) for r in (0, 1)]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_a_source_of_empty_shards_stops_with_an_error(tmp_path):
+    with wds.TarWriter(str(tmp_path / "empty-000000.tar"), encoder=False):
+        pass
+    stream = TrainStream({"empty": [str(tmp_path / "empty-000000.tar")]}, {"empty": 1}, PairBuilder(image_size=S, reference_size=R))
+    with pytest.raises(RuntimeError, match="not one sample"):
+        next(iter(stream))
