@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from src.geometry import mask_to_box
+
 JPEG_QUALITY = 92
 
 
@@ -41,12 +43,6 @@ class ObjectSample:
         return re.sub(r"[^A-Za-z0-9_-]+", "_", f"{self.source}-{self.sample_id}-{self.object_id}")
 
 
-def _box(mask: np.ndarray) -> list[int]:
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    return [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
-
-
 def _shrink(image: np.ndarray, mask: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
     if not max_side or max(h, w) <= max_side:
@@ -64,7 +60,7 @@ def encode_sample(obj: ObjectSample, max_side: int | None = None, quality: int =
         frame, mask = _shrink(frame, mask, max_side)
         mask = mask.astype(bool)
         size = list(frame.shape[:2])
-        box = _box(mask)
+        box = [int(v) for v in mask_to_box(mask)]
         boxes.append(box)
         ok1, jpg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
         crop = mask[box[1] : box[3], box[0] : box[2]].astype(np.uint8) * 255
