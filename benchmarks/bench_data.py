@@ -3,6 +3,8 @@
     python -m benchmarks.bench_data --shards data/synthetic/bench [--image-size 512] [--workers 2]
 
 Also times decoding alone (the two JPEG frames + masks a pair needs) to show where time goes.
+Single-process rates are given per wall second and per CPU second of this process: on a shared
+machine the second is what one dedicated core would do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,18 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, float]:
+    """(items per wall second, items per CPU second of this process) for ``fn() -> items``."""
+    w, c = time.perf_counter(), time.process_time()
+    n = fn()
+    return n / (time.perf_counter() - w), n / max(time.process_time() - c, 1e-9)
+
+
+def line(label: str, rates: tuple[float, float]) -> None:
+    print(f"{label:<44} {rates[0]:7.1f} samples/s wall, {rates[1]:7.1f} per CPU second")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,36 +60,35 @@ def main(argv: list[str] | None = None) -> int:
     samples = list(wds.WebDataset(urls, shardshuffle=False))
     rng = np.random.default_rng(0)
     n = args.samples
-    t = time.perf_counter()
-    for k in range(n):
-        s = samples[k % len(samples)]
-        m = json.loads(s["json"])
-        for i in rng.choice(len(m["boxes"]), size=min(2, len(m["boxes"])), replace=False):
-            decode_frame(s, int(i))
-            decode_mask_crop(s, int(i))
-    decode = n / (time.perf_counter() - t)
-    print(f"decode only (2 full frames + masks):       {decode:7.1f} samples/s")
+
+    def decode_only() -> int:
+        for k in range(n):
+            s = samples[k % len(samples)]
+            m = json.loads(s["json"])
+            for i in rng.choice(len(m["boxes"]), size=min(2, len(m["boxes"])), replace=False):
+                decode_frame(s, int(i))
+                decode_mask_crop(s, int(i))
+        return n
+
+    line("decode only (2 full frames + masks)", timed(decode_only))
 
     builder = PairBuilder(image_size=args.image_size, reference_size=args.reference_size)
     for k in range(20):
         builder(samples[k % len(samples)], rng)
-    t = time.perf_counter()
-    for k in range(n):
-        builder(samples[k % len(samples)], rng)
-    pairs = n / (time.perf_counter() - t)
-    print(f"pair build, 1 process (in memory):          {pairs:7.1f} samples/s per core")
+
+    def build() -> int:
+        for k in range(n):
+            builder(samples[k % len(samples)], rng)
+        return n
+
+    line("pair build, 1 process (samples in memory)", timed(build))
 
     dm = AnyDoorDataModule(args.shards, batch_size=args.batch_size, num_workers=0, image_size=args.image_size,
                            reference_size=args.reference_size, samples_per_epoch=n + 8 * args.batch_size)
     it = iter(dm.train_dataloader())
     for _ in range(8):
         next(it)
-    t = time.perf_counter()
-    got = 0
-    for batch in it:
-        got += len(batch["kind"])
-    single = got / (time.perf_counter() - t)
-    print(f"loader, 1 process (shards -> batches):      {single:7.1f} samples/s per core")
+    line("loader, 1 process (shards -> batches)", timed(lambda: sum(len(b["kind"]) for b in it)))
 
     if args.workers > 0:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -85,11 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(4 * args.workers):
             next(it)
         t = time.perf_counter()
-        got = 0
-        for batch in it:
-            got += len(batch["kind"])
+        got = sum(len(b["kind"]) for b in it)
         multi = got / (time.perf_counter() - t)
-        print(f"loader, {args.workers} workers:                        {multi:7.1f} samples/s ({multi / args.workers:.1f} per worker)")
+        print(f"{f'loader, {args.workers} worker processes':<44} {multi:7.1f} samples/s wall ({multi / args.workers:.1f} per worker)")
     return 0
 
 

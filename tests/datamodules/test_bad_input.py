@@ -112,3 +112,13 @@ def test_reader_crash_is_counted_not_fatal(tmp_path):
     assert manifest["rejected"]["reader_error"] == 1
     assert manifest["samples"] == {"sa1b/image": 1}
     shutil.rmtree(tmp_path / "out")
+
+
+def test_binary_0_255_masks_are_one_object(tmp_path):
+    from datamodules.components.media import read_label_mask
+
+    m = (disk(48, 64, 30, 24, 10) * 255).astype(np.uint8)
+    Image.fromarray(m).save(tmp_path / "bin.png")
+    assert set(np.unique(read_label_mask(tmp_path / "bin.png"))) == {0, 1}
+    palette_png(tmp_path / "void.png", disk(48, 64, 30, 24, 10) * 255)  # palette 255 stays void
+    assert set(np.unique(read_label_mask(tmp_path / "void.png"))) == {0, 255}

@@ -27,4 +27,4 @@ def test_bench_data_runs(synthetic_shards, capsys):
 
     assert bench(["--shards", str(synthetic_shards), "--samples", "4", "--workers", "0", "--image-size", "32", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "samples/s per core" in out and "frames 128x72" in out
+    assert "per CPU second" in out and "frames 128x72" in out

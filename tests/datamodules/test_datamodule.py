@@ -182,3 +182,32 @@ def test_loader_with_worker_processes(synthetic_shards):
     batches = list(loader)
     assert len(batches) == len(loader) == 4
     assert all(b["target"].shape == (2, 3, 32, 32) for b in batches)
+
+
+def _rank_urls(rank: int, shards: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
+    sources, counts = resolve(shards)
+    stream = TrainStream(sources, counts, PairBuilder(image_size=S, reference_size=R), samples_per_epoch=48, world_size=2, shuffle_buffer=4)
+    with open(f"{out}/{rank}.json", "w") as f:
+        json.dump(sorted(urls_seen(stream)), f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_gloo_processes_read_disjoint_shards(synthetic_shards, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_urls, args=(str(synthetic_shards), str(tmp_path)), nprocs=2)
+    seen = [set(json.loads((tmp_path / f"{r}.json").read_text())) for r in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_a_source_of_empty_shards_stops_with_an_error(tmp_path):
+    with wds.TarWriter(str(tmp_path / "empty-000000.tar"), encoder=False):
+        pass
+    stream = TrainStream({"empty": [str(tmp_path / "empty-000000.tar")]}, {"empty": 1}, PairBuilder(image_size=S, reference_size=R))
+    with pytest.raises(RuntimeError, match="not one sample"):
+        next(iter(stream))

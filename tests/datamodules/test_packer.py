@@ -91,3 +91,34 @@ def test_pipe_output(tmp_path, video_root):
     assert manifest["shards"][0]["url"] == "video-000000.tar"  # relative to the manifest, which goes next to the shards
     with pytest.raises(ValueError, match="state-dir"):
         pack(reader, f"pipe:cat > {remote}/{{name}}", progress=False)
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_to_the_same_shards(tmp_path):
+    """A real kill (SIGKILL mid-pack), then the same command again, equals one uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cmd(out):
+        return [sys.executable, "-m", "src.cli.main", "shards", "synthetic", "--out", str(out), "--videos", "16", "--images", "0",
+                "--frame-size", "128x72", "--frames", "8", "--items-per-shard", "1", "--workers", "1", "--no-progress"]
+
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    subprocess.run(cmd(tmp_path / "full"), check=True, env=env, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (out / ".parts" / "synthetic_video-000001.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / ".parts").glob("synthetic_video-*.json")))
+    if proc.returncode != -signal.SIGKILL or done >= 16:
+        pytest.skip("the pack finished before it could be killed")
+    assert not (out / "manifest.json").exists()
+    subprocess.run(cmd(out), check=True, env=env, capture_output=True)
+    assert tar_contents(out) == tar_contents(tmp_path / "full")
+    assert json.loads((out / "manifest.json").read_text()) == json.loads((tmp_path / "full" / "manifest.json").read_text())

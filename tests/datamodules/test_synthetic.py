@@ -45,3 +45,14 @@ def test_seeds_are_reproducible_and_disjoint(tmp_path):
     assert (a / "syn_000000.jpg").read_bytes() != (c / "syn_000000.jpg").read_bytes()
     meta = json.loads((a / "syn_000000.json").read_text())
     assert meta["image"]["file_name"] == "syn_000000.jpg" and meta["annotations"]
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    import pytest
+
+    from datamodules.components.synthetic import generate
+
+    generate(tmp_path, seed=0, videos=1, images=1, cfg=CFG, progress=False)
+    generate(tmp_path, seed=0, videos=2, images=1, cfg=CFG, progress=False)  # more of the same: fine
+    with pytest.raises(ValueError, match="fresh --out"):
+        generate(tmp_path, seed=1, videos=1, images=1, cfg=CFG, progress=False)
