@@ -38,6 +38,7 @@ def main(shards: str, out: str) -> None:
     checksum = float(sum(p.double().sum() for p in module.trainable_parameters().values()))
     record = {"rank": trainer.global_rank, "world": trainer.world_size, "steps": trainer.global_step,
               "seen": module.seen, "checksum": checksum}
+    Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
