@@ -175,3 +175,14 @@ def test_rgb_reference_without_mask_and_missing_model_parts(pipe, tmp_path):
         AnyDoorPipeline.from_pretrained(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         AnyDoorPipeline.from_pretrained(tmp_path / "nothing")
+
+
+def test_channels_last_matches_default_layout(pipe):
+    ref, target = scene()
+    job = Job(ref, target, box=(60, 40, 120, 110))
+    plain = run(pipe, job)
+    try:
+        fast = run(pipe.use_channels_last(), job)
+    finally:
+        pipe.use_channels_last(False)
+    assert np.abs(plain.crops[0].astype(int) - fast.crops[0].astype(int)).max() <= 1
