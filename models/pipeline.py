@@ -123,14 +123,20 @@ class AnyDoorPipeline:
             raise FileNotFoundError(f"model folder {directory} is missing {', '.join(missing)} "
                                     "(expected model_index.json, id_encoder/, controlnet/, unet/, vae/, scheduler/; "
                                     "see docs/design.md; `anydoor convert` writes this layout)")
-        pipe = cls(
-            id_encoder=IDEncoder.from_pretrained(directory / "id_encoder"),
-            controlnet=load_detail_extractor(str(directory / "controlnet")),
-            unet=UNet2DConditionModel.from_pretrained(str(directory / "unet")),
-            vae=load_first_stage(directory / "vae"),
-            scheduler=_load_scheduler(directory / "scheduler"),
-        )
-        return pipe.to(device=device, dtype=torch_dtype)
+        loaders = {
+            "id_encoder": lambda d: IDEncoder.from_pretrained(d),
+            "controlnet": lambda d: load_detail_extractor(str(d)),
+            "unet": lambda d: UNet2DConditionModel.from_pretrained(str(d)),
+            "vae": load_first_stage,
+            "scheduler": _load_scheduler,
+        }
+        parts = {}
+        for name, load in loaders.items():
+            try:
+                parts[name] = load(directory / name)
+            except (OSError, ValueError, KeyError) as err:  # diffusers reports missing weights as OSError
+                raise FileNotFoundError(f"model folder {directory}: cannot load {name}/ ({err})") from err
+        return cls(**parts).to(device=device, dtype=torch_dtype)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

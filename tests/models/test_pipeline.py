@@ -173,6 +173,10 @@ def test_rgb_reference_without_mask_and_missing_model_parts(pipe, tmp_path):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="missing unet"):
         AnyDoorPipeline.from_pretrained(tmp_path / "m")
+    pipe.save_pretrained(tmp_path / "m2")
+    (tmp_path / "m2" / "controlnet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="cannot load controlnet/"):
+        AnyDoorPipeline.from_pretrained(tmp_path / "m2")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         AnyDoorPipeline.from_pretrained(tmp_path / "nothing")
 
