@@ -39,6 +39,11 @@ def _timed(fn, device: torch.device, repeats: int = 1) -> tuple[float, object]:
     return best, out
 
 
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
@@ -54,6 +59,29 @@ def make_job(seed: int = 0):
     return Job(reference=ref, target=target, box=(400, 250, 620, 520), name="bench")
 
 
+def compare_solvers(pipe, job, seed: int = 0) -> dict[str, float]:
+    """Crops of several solvers from the same noise vs DDIM 50 (the authors' default) and vs a
+    converged reference (DDIM 500): mean |difference| in 8-bit pixel levels."""
+    side = pipe.crop_size // pipe.vae.factor
+    noise = torch.randn(1, pipe.vae.latent_channels, side, side, generator=torch.Generator().manual_seed(seed))
+    runs = {"ddim500": ("ddim", 500, None), "ddim50": ("ddim", 50, None), "ddim20": ("ddim", 20, None),
+            "dpm20": ("dpm", 20, None), "dpm20_leading": ("dpm", 20, "leading"), "dpm10": ("dpm", 10, None)}
+    crops = {}
+    for name, (sched, steps, spacing) in runs.items():
+        out = pipe(job, num_inference_steps=steps, scheduler=sched, timestep_spacing=spacing, latents=noise.clone(),
+                   progress=False)
+        crops[name] = out.crops[0].astype(np.float64)
+    res = {}
+    for name in runs:
+        if name != "ddim500":
+            res[f"{name}_vs_ddim50"] = round(float(np.abs(crops[name] - crops["ddim50"]).mean()), 3)
+            res[f"{name}_vs_ddim500"] = round(float(np.abs(crops[name] - crops["ddim500"]).mean()), 3)
+    other = pipe(job, num_inference_steps=50, latents=torch.randn(noise.shape, generator=torch.Generator().manual_seed(seed + 1)),
+                 progress=False).crops[0].astype(np.float64)
+    res["ddim50_other_seed_vs_ddim50"] = round(float(np.abs(other - crops["ddim50"]).mean()), 3)  # scale
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "full"), default="full")
@@ -65,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-steps", type=int, default=20, help="steps of the end-to-end run (0 skips it)")
     parser.add_argument("--scheduler", choices=("ddim", "dpm"), default="dpm")
     parser.add_argument("--unbatched", action="store_true", help="also time cond and uncond as two passes")
+    parser.add_argument("--compare-solvers", action="store_true",
+                        help="only compare DPM-Solver++ / DDIM step counts against DDIM 50 (use with --size tiny)")
+    parser.add_argument("--contiguous", action="store_true", help="NCHW convolutions (default: channels_last)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
 
@@ -74,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    res: dict[str, object] = {"size": args.size, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+    res: dict[str, object] = {"load_average_start": _load(), "size": args.size, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                               "threads": torch.get_num_threads() if device.type == "cpu" else None}
     t, pipe = _timed(lambda: random_pipeline(args.size, seed=0).to(device, dtype), device)
+    pipe.use_channels_last(not args.contiguous)
+    if args.compare_solvers:
+        res["solver_mean_abs_diff_levels"] = compare_solvers(pipe, make_job())
+        print(json.dumps(res, indent=2))
+        return 0
+    res["channels_last"] = not args.contiguous
     res["build_s"] = round(t, 2)
     res["crop_px"] = pipe.crop_size
     if device.type == "cuda":
@@ -93,11 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     latents = torch.randn(1, pipe.vae.latent_channels, side, side, generator=torch.Generator().manual_seed(0))
     latents = latents.to(device, dtype)
     tstep = torch.tensor([981], device=device)
-    hint2 = torch.cat([collage, collage])
+    fmt = torch.contiguous_format if args.contiguous else torch.channels_last
+    hint2 = torch.cat([collage, collage]).contiguous(memory_format=fmt)
 
     def guided_step():
         with torch.no_grad():
-            eps = pipe.denoiser(torch.cat([latents, latents]), tstep.expand(2), tokens, hint2)
+            x = torch.cat([latents, latents]).contiguous(memory_format=fmt)
+            eps = pipe.denoiser(x, tstep.expand(2), tokens, hint2)
             u, c = eps.chunk(2)
             return u + 5.0 * (c - u)
 
@@ -119,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         res["generation_ddim50_estimate_s"] = round(res["id_encoder_s"] + 50 * res["guided_step_s"]
                                                     + res["vae_decode_s"], 1)
     res["peak_rss_gib"] = round(_peak_rss_gib(), 2)
+    res["load_average_end"] = _load()  # the CPU is shared: a load above the thread count inflates timings
     if device.type == "cuda":
         res["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if args.size == "full" and device.type == "cpu" and res["threads"] == 2:

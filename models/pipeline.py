@@ -104,6 +104,7 @@ class AnyDoorPipeline:
         self.scheduler = scheduler
         self.denoiser = AnyDoorDenoiser(unet, controlnet)
         self._uncond_cache: tuple[Any, torch.Tensor] | None = None
+        self._channels_last = False
         self.crop_size = int(crop_size or unet.config.sample_size * vae.factor)
 
     # ------------------------------------------------------------------------------ persistence
@@ -122,14 +123,20 @@ class AnyDoorPipeline:
             raise FileNotFoundError(f"model folder {directory} is missing {', '.join(missing)} "
                                     "(expected model_index.json, id_encoder/, controlnet/, unet/, vae/, scheduler/; "
                                     "see docs/design.md; `anydoor convert` writes this layout)")
-        pipe = cls(
-            id_encoder=IDEncoder.from_pretrained(directory / "id_encoder"),
-            controlnet=load_detail_extractor(str(directory / "controlnet")),
-            unet=UNet2DConditionModel.from_pretrained(str(directory / "unet")),
-            vae=load_first_stage(directory / "vae"),
-            scheduler=_load_scheduler(directory / "scheduler"),
-        )
-        return pipe.to(device=device, dtype=torch_dtype)
+        loaders = {
+            "id_encoder": lambda d: IDEncoder.from_pretrained(d),
+            "controlnet": lambda d: load_detail_extractor(str(d)),
+            "unet": lambda d: UNet2DConditionModel.from_pretrained(str(d)),
+            "vae": load_first_stage,
+            "scheduler": _load_scheduler,
+        }
+        parts = {}
+        for name, load in loaders.items():
+            try:
+                parts[name] = load(directory / name)
+            except (OSError, ValueError, KeyError) as err:  # diffusers reports missing weights as OSError
+                raise FileNotFoundError(f"model folder {directory}: cannot load {name}/ ({err})") from err
+        return cls(**parts).to(device=device, dtype=torch_dtype)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -153,6 +160,14 @@ class AnyDoorPipeline:
             module.to(device=device, dtype=dtype)
         return self
 
+    def use_channels_last(self, enabled: bool = True) -> "AnyDoorPipeline":
+        """NHWC convolutions (oneDNN); measured 7-33 % faster per guided step on the 2-core CPU."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for module in (self.controlnet, self.unet, self.vae):
+            module.to(memory_format=fmt)
+        self._channels_last = enabled
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.unet.device
@@ -164,15 +179,17 @@ class AnyDoorPipeline:
     # --------------------------------------------------------------------------------- sampling
 
     def make_scheduler(self, name: str = "ddim", timestep_spacing: str | None = None) -> Any:
-        """A fresh scheduler: ``ddim`` (eta 0, the authors' sampler) or ``dpm`` (DPM-Solver++ 2M)."""
+        """A fresh scheduler: ``ddim`` (eta 0, the authors' sampler; spacing from the saved config, the
+        authors' "leading") or ``dpm`` (DPM-Solver++ 2M, default "trailing" spacing)."""
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-        overrides = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
         if name == "ddim":
+            overrides = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
             return DDIMScheduler.from_config(self.scheduler.config, **overrides)
-        if name == "dpm":
+        if name == "dpm":  # trailing: the first step starts at t=999, closest to DDIM 500 on the tiny model
             return DPMSolverMultistepScheduler.from_config(
-                self.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, **overrides)
+                self.scheduler.config, algorithm_type="dpmsolver++", solver_order=2,
+                timestep_spacing=timestep_spacing or "trailing")
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
 
     def prepare(self, job: Job, *, crop_ratio: float = DEFAULT_CROP_GROW, box_ratio: float = DEFAULT_BOX_GROW,
@@ -260,13 +277,14 @@ class AnyDoorPipeline:
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
         latents = latents.to(self.device, self.dtype) * sched.init_noise_sigma
+        fmt = torch.channels_last if self._channels_last else torch.contiguous_format
         collage = collage.to(self.device, self.dtype)
-        hint = torch.cat([collage, collage]) if guided else collage
+        hint = (torch.cat([collage, collage]) if guided else collage).contiguous(memory_format=fmt)
         tokens = tokens.to(self.device, self.dtype)
         step_kwargs = {"eta": eta, "generator": generator} if scheduler == "ddim" else {"generator": generator}
         for t in tqdm(sched.timesteps, desc="denoising", disable=not progress, leave=False):
             x = torch.cat([latents, latents]) if guided else latents
-            x = sched.scale_model_input(x, t)
+            x = sched.scale_model_input(x, t).contiguous(memory_format=fmt)
             eps = self.denoiser(x, t.expand(x.shape[0]), tokens, hint)
             if guided:
                 uncond, cond = eps.chunk(2)

@@ -173,5 +173,20 @@ def test_rgb_reference_without_mask_and_missing_model_parts(pipe, tmp_path):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="missing unet"):
         AnyDoorPipeline.from_pretrained(tmp_path / "m")
+    pipe.save_pretrained(tmp_path / "m2")
+    (tmp_path / "m2" / "controlnet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="cannot load controlnet/"):
+        AnyDoorPipeline.from_pretrained(tmp_path / "m2")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         AnyDoorPipeline.from_pretrained(tmp_path / "nothing")
+
+
+def test_channels_last_matches_default_layout(pipe):
+    ref, target = scene()
+    job = Job(ref, target, box=(60, 40, 120, 110))
+    plain = run(pipe, job)
+    try:
+        fast = run(pipe.use_channels_last(), job)
+    finally:
+        pipe.use_channels_last(False)
+    assert np.abs(plain.crops[0].astype(int) - fast.crops[0].astype(int)).max() <= 1
