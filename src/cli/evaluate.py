@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "training_log": None,
     "checkpoint_series": None,
     "checkpoint_config": None,
+    "run": None,
 }
 
 
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", nargs="+", metavar="MODEL", help="CLIP-I: an open_clip name and a local weight file, or a local open_clip folder")
     parser.add_argument("--training-log", dest="training_log", help="TensorBoard run folder ('*' = newest) to plot loss and held-out PSNR over steps")
     parser.add_argument("--checkpoint-series", dest="checkpoint_series", help="glob of training checkpoints to score over steps, relative to the --training-log run")
+    parser.add_argument("--run", help="a training run folder ('*' = newest); the config's {run} placeholders point at it")
     parser.add_argument("--checkpoint-config", dest="checkpoint_config", help="the training config the checkpoints come from (default: the run's saved config.yaml)")
 
 
@@ -96,6 +98,20 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def fill_run(value: Any, run: str | None) -> Any:
+    """Replace ``{run}`` in every string of the settings with the resolved training run folder, so the
+    untrained model, the checkpoint and the curves all come from the same run."""
+    if isinstance(value, str) and "{run}" in value:
+        if run is None:
+            raise SystemExit(f"anydoor eval: {value!r} needs a training run: set run: (or --run)")
+        return value.replace("{run}", run)
+    if isinstance(value, dict):
+        return {k: fill_run(v, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_run(v, run) for v in value]
+    return value
+
+
 def _model_overrides(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """Pass steps/guidance/seed/device flags to model-backed methods (not to baselines)."""
     if spec.get("class_path", "").rsplit(".", 1)[-1] not in ("PipelineMethod", "ModuleMethod"):
@@ -117,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
     from models.evaluation.shard_jobs import jobs_from_shards
 
     settings = load_settings(args)
+    if settings["run"]:
+        try:
+            settings["run"] = str(latest(settings["run"]))
+        except FileNotFoundError as err:
+            raise SystemExit(f"anydoor eval: {err}") from err
+    settings = fill_run(settings, settings["run"])
     out = Path(settings["out"])
     jobs_path = Path(settings["jobs"])
     if jobs_path.is_dir() and ((jobs_path / "manifest.json").is_file() or any(jobs_path.glob("*.tar"))):

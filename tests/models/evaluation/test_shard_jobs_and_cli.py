@@ -49,3 +49,14 @@ def test_cli_eval_generated_folder_and_errors(job_folder, tmp_path, capsys):
         main(["eval", "--config", str(bad)])
     with pytest.raises(SystemExit, match="no such job"):
         main(["eval", "--jobs", str(tmp_path / "missing.json")])
+
+
+def test_run_placeholder_points_every_setting_at_one_run(tmp_path, job_folder):
+    from src.cli.evaluate import fill_run
+
+    spec = {"a": {"init_args": {"checkpoint": "{run}/checkpoints/last.ckpt"}}, "b": ["{run}"], "c": 3}
+    assert fill_run(spec, "/r/v1") == {"a": {"init_args": {"checkpoint": "/r/v1/checkpoints/last.ckpt"}}, "b": ["/r/v1"], "c": 3}
+    with pytest.raises(SystemExit, match="needs a training run"):
+        fill_run("{run}/x", None)
+    with pytest.raises(SystemExit, match="make train"):
+        main(["eval", "--jobs", str(job_folder), "--out", str(tmp_path), "--run", str(tmp_path / "version_*")])
