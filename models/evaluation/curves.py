@@ -89,7 +89,7 @@ def plot_training(
         ax_loss.plot(steps, smooth(values), color="tab:blue", lw=1.6, label="train/loss (smoothed)")
     if "val/loss" in scalars:
         steps, values = zip(*scalars["val/loss"])
-        ax_loss.plot(steps, values, "o-", color="tab:orange", label="val/loss (held-out)")
+        ax_loss.plot(steps, values, "o-", color="tab:orange", label="val/loss (training validation set)")
     ax_loss.set(xlabel="step", ylabel="diffusion loss", title="loss")
     ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=8)
@@ -103,7 +103,7 @@ def plot_training(
                 ax_psnr.plot(*zip(*pts), "s-", color=colour, label=f"{key} (anydoor eval, held-out jobs)")
     for i, (name, value) in enumerate((baselines or {}).items()):
         ax_psnr.axhline(value, ls="--", lw=1, color=f"C{i + 5}", label=f"{name} baseline ({value:.1f} dB)")
-    ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="held-out PSNR")
+    ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR in the box / on the object")
     if ax_psnr.has_data():
         ax_psnr.legend(fontsize=8)
     fig.tight_layout()

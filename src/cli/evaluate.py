@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_series": None,
     "checkpoint_config": None,
     "run": None,
+    "series_final": None,
 }
 
 
@@ -126,7 +127,7 @@ def _model_overrides(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from models.evaluation.curves import plot_training, score_checkpoints
+    from models.evaluation.curves import plot_training, read_scalars, score_checkpoints
     from models.evaluation.jobs import load_jobs
     from models.evaluation.methods import BackgroundFill, CopyPaste, latest
     from models.evaluation.runner import evaluate, markdown_table
@@ -177,6 +178,14 @@ def run(args: argparse.Namespace) -> int:
         if settings["training_log"] and not Path(pattern).is_absolute():
             pattern = str(latest(settings["training_log"]) / pattern)  # the same run as the curves
         series = score_checkpoints(settings["checkpoint_config"], pattern, jobs, size=size, seed=settings["seed"])
+        final = settings["series_final"]
+        if final and final in result["summary"] and settings["training_log"]:
+            # the end-of-run model (e.g. the export written when training stops, which can be newer than
+            # the last periodic checkpoint) at the last logged step
+            scalars = read_scalars(settings["training_log"])
+            last = max((s for values in scalars.values() for s, _ in values), default=None)
+            stats = result["summary"][final]
+            series.append({"step": last, "checkpoint": f"method {final}", **{k: stats[k]["mean"] for k in ("psnr_box", "psnr_mask") if k in stats}})
         (out / "checkpoint_series.json").write_text(json.dumps(series, indent=1))
     if settings["training_log"]:
         lines = {n: result["summary"][n]["psnr_box"]["mean"] for n in ("background", "copy_paste") if "psnr_box" in result["summary"].get(n, {})}
