@@ -38,6 +38,7 @@ class AnyDoorModule(LightningModule):
         first_stage: Optional[dict[str, Any]] = None,
         id_encoder: Optional[dict[str, Any]] = None,
         hint_channels: list[int] = list(HINT_CHANNELS),
+        zero_hint_conv: bool = True,
         init_seed: int = 0,
         prediction_type: str = "epsilon",
         num_train_timesteps: int = 1000,
@@ -75,7 +76,7 @@ class AnyDoorModule(LightningModule):
             id_kwargs.setdefault("out_dim", unet.config.cross_attention_dim)
             id_kwargs["train_projector"] = train_projector
             self.id_encoder = IDEncoder(**id_kwargs)
-            controlnet = build_detail_extractor(unet, hint_channels)
+            controlnet = build_detail_extractor(unet, hint_channels, zero_hint_conv=zero_hint_conv)
         hint_factor = 2 ** (len(hint_channels) - 1)
         if hint_factor != self.first_stage.factor:
             raise ValueError(f"hint embedding downsamples by {hint_factor} but the first stage by "
@@ -281,7 +282,8 @@ class AnyDoorModule(LightningModule):
             "_class_name": "AnyDoorPipeline",
             "unet": ["diffusers", "UNet2DConditionModel"],
             "controlnet": ["diffusers", "ControlNetModel"],
-            "vae": ["models.components.first_stage", type(self.first_stage).__name__],
+            "vae": (["diffusers", "AutoencoderKL"] if type(self.first_stage).__name__ == "VAEFirstStage"
+                    else ["models.components.first_stage", type(self.first_stage).__name__]),
             "id_encoder": ["models.components.id_encoder", "IDEncoder"],
             "scheduler": ["diffusers", "DDIMScheduler"],
             "sample_steps": self.hparams.sample_steps,

@@ -12,7 +12,15 @@ from src.geometry import box_size, clip_box
 
 def to_signed_chw(image: np.ndarray) -> np.ndarray:
     """uint8 ``H x W x 3`` -> float32 ``3 x H x W`` in [-1, 1] (the diffusion model's pixel range)."""
-    return (image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy()
+    out = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # transpose in uint8: cheaper
+    out *= np.float32(1 / 127.5)
+    out -= np.float32(1.0)
+    return out
+
+
+def signed_chw_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_signed_chw``: ``3 x H x W`` in [-1, 1] (clipped) -> uint8 ``H x W x 3``."""
+    return np.clip(np.rint((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
 
 
 def build_collage(
@@ -41,7 +49,12 @@ def build_collage(
         raise ValueError(f"box {tuple(box)} has no area inside the {hw[1]} x {hw[0]} crop")
     rgb = target_crop.copy()
     rgb[y1:y2, x1:x2] = cv2.resize(hint.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
-    channel = np.zeros(hw, np.float32)
+    out = np.empty((4,) + hw, np.float32)
+    out[:3] = rgb.transpose(2, 0, 1)
+    out[:3] *= np.float32(1 / 127.5)
+    out[:3] -= np.float32(1.0)
+    channel = out[3]
+    channel[...] = 0.0
     if mask is None:
         channel[y1:y2, x1:x2] = 1.0
     else:
@@ -50,7 +63,8 @@ def build_collage(
         channel[mask > 0] = 1.0
     if valid is not None:
         vx1, vy1, vx2, vy2 = clip_box(valid, hw)
-        inside = np.zeros(hw, bool)
-        inside[vy1:vy2, vx1:vx2] = True
-        channel[~inside] = -1.0
-    return np.concatenate([to_signed_chw(rgb), channel[None]], axis=0)
+        channel[:vy1] = -1.0
+        channel[vy2:] = -1.0
+        channel[:, :vx1] = -1.0
+        channel[:, vx2:] = -1.0
+    return out

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from src.collage import build_collage, to_signed_chw
-from src.geometry import Box, expand_box, expand_box_random, mask_to_box, square_box
+from src.geometry import Box, box_fraction, expand_box, expand_box_random, mask_to_box, square_box
 from src.highfreq import high_frequency_map
 from src.image_ops import CropTransform, grow_canvas, pad_to_square
 from src.masks import perturb_mask
@@ -81,9 +81,9 @@ def prepare_reference(
     _check_image(image, "reference image")
     _check_mask(mask, image, "reference")
     x1, y1, x2, y2 = mask_to_box(mask)
-    fg = mask > 0
-    on_white = np.where(fg[..., None], image, np.uint8(255))[y1:y2, x1:x2]
-    obj = fg[y1:y2, x1:x2].astype(np.uint8) * 255
+    fg = mask[y1:y2, x1:x2] > 0
+    on_white = np.where(fg[..., None], image[y1:y2, x1:x2], np.uint8(255))
+    obj = fg.astype(np.uint8) * 255
     ratio = float(rng.uniform(*grow_range)) if rng is not None else DEFAULT_REFERENCE_GROW
     on_white, obj = grow_canvas(on_white, obj, ratio)
     on_white, _ = pad_to_square(on_white, 255)
@@ -97,7 +97,8 @@ def prepare_reference(
         ref = np.ascontiguousarray(ref, dtype=np.uint8)
         ref_mask = (np.asarray(ref_mask) > 0).astype(np.uint8)
     hint = high_frequency_map(ref, ref_mask) if compute_hint else None
-    return PreparedReference(ref.astype(np.float32).transpose(2, 0, 1) / 255.0, hint, ref_mask)
+    image_chw = np.ascontiguousarray(ref.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+    return PreparedReference(image_chw, hint, ref_mask)
 
 
 def prepare_target(
@@ -112,6 +113,7 @@ def prepare_target(
     mask_channel_prob: float = 0.7,
     perturb_iou: Sequence[float] = (0.3, 0.99),
     mask_channel: Literal["random", "box", "mask"] | None = None,
+    max_box_fraction: float | None = None,
     box_ratio: float = DEFAULT_BOX_GROW,
     crop_ratio: float = DEFAULT_CROP_GROW,
 ) -> PreparedTarget:
@@ -123,6 +125,8 @@ def prepare_target(
     the perturbed object mask with probability ``mask_channel_prob``, else the box; "box" (default
     without ``rng``) is the expanded box; "mask" is the unperturbed object mask (a user's mask).
     ``box_ratio`` / ``crop_ratio`` are the fixed growth factors used without ``rng`` (inference).
+    ``max_box_fraction`` (the reference uses 0.8 in training) raises ``ValueError`` when the
+    expanded box spans more than that fraction of the image width or height.
 
     Sample: ``target`` float32 3 x S x S in [-1, 1]; ``collage`` float32 4 x S x S (see
     ``build_collage``); ``box`` int64 (4,) in crop pixels; ``object_mask`` float32 1 x S x S {0, 1}.
@@ -159,6 +163,9 @@ def prepare_target(
     else:
         box = expand_box(obj_box, box_ratio, hw)
         crop = expand_box(box, crop_ratio, hw)
+    if max_box_fraction is not None and max(box_fraction(box, hw)) > max_box_fraction:
+        fw, fh = box_fraction(box, hw)
+        raise ValueError(f"target box spans {fw:.2f} x {fh:.2f} of the image, more than max_box_fraction={max_box_fraction}")
     transform = CropTransform(square_box(crop, hw), size)
 
     target = transform.apply(image, pad_value=0)

@@ -31,6 +31,12 @@ def box_size(box: Sequence[int]) -> tuple[int, int]:
     return x2 - x1, y2 - y1
 
 
+def box_fraction(box: Sequence[int], image_hw: Sequence[int]) -> tuple[float, float]:
+    """``(w / W, h / H)``: the reference's size filters (object box >= 0.1, grown target box <= 0.8)."""
+    w, h = box_size(box)
+    return w / int(image_hw[1]), h / int(image_hw[0])
+
+
 def mask_to_box(mask: np.ndarray) -> Box:
     """Tightest box around the non-zero pixels of a 2-D mask, exclusive ends.
 

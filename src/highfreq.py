@@ -71,12 +71,14 @@ def high_frequency_map_torch(
         raise ValueError(f"masks must be B x 1 x H x W matching images, got {tuple(masks.shape)}")
     h, w = images.shape[-2:]
     work = (WORK_SIZE, WORK_SIZE)
-    fg = (masks > 0.5).to(images.dtype)
+    out_dtype = images.dtype
+    images = images.float()  # the uint8 emulation needs exact integers up to 4 * 255
+    fg = (masks > 0.5).float()
     on_white = images * fg + (1.0 - fg)
     img = _round_u8(_resize(on_white * 255.0, work))
     small = _resize(fg, work) > 0.5
     # Erosion with a square kernel and an ignored border (OpenCV's default) is a min-pool.
-    eroded = small.to(images.dtype)
+    eroded = small.float()
     for _ in range(ERODE_ITERATIONS):
         eroded = -F.max_pool2d(-eroded, ERODE_KERNEL, stride=1, padding=ERODE_KERNEL // 2)
     # kornia.filters.spatial_gradient pads by replicating; filter2d's 'reflect' is OpenCV's default
@@ -87,4 +89,4 @@ def high_frequency_map_torch(
     edges = _round_u8(0.5 * gx + 0.5 * gy).amax(dim=1, keepdim=True) * eroded
     edges = torch.where(edges < threshold, torch.zeros_like(edges), edges)
     hf = torch.floor(edges / 255.0 * img)
-    return _round_u8(_resize(hf, (h, w))) / 255.0
+    return (_round_u8(_resize(hf, (h, w))) / 255.0).to(out_dtype)

@@ -31,14 +31,22 @@ def build_detail_extractor(
     unet: UNet2DConditionModel,
     hint_channels: Sequence[int] = HINT_CHANNELS,
     copy_unet_weights: bool = True,
+    zero_hint_conv: bool = True,
 ) -> ControlNetModel:
-    """ControlNet with the U-Net's config (encoder weights copied, as in the reference)."""
+    """ControlNet with the U-Net's config (encoder weights copied, as in the reference).
+
+    ``zero_hint_conv=False`` gives the hint embedding's last conv a normal random init: the ControlNet's
+    own zero output convs already protect the U-Net, and a from-scratch tiny model otherwise waits
+    behind two zero gates in series before the collage reaches it (docs/training.md).
+    """
     controlnet = ControlNetModel.from_unet(
         unet,
         conditioning_embedding_out_channels=tuple(hint_channels),
         load_weights_from_unet=copy_unet_weights,
         conditioning_channels=CONDITIONING_CHANNELS,
     )
+    if not zero_hint_conv:
+        controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
     return silence_conv_in(controlnet)
 
 

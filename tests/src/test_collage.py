@@ -1,14 +1,18 @@
 import numpy as np
 import pytest
 
-from src.collage import build_collage, to_signed_chw
+from src.collage import build_collage, signed_chw_to_uint8, to_signed_chw
 
 
 def test_to_signed_chw():
     img = np.array([[[0, 255, 127]]], np.uint8)
     out = to_signed_chw(img)
     assert out.shape == (3, 1, 1) and out.dtype == np.float32
-    assert out[:, 0, 0].tolist() == pytest.approx([-1.0, 1.0, 127 / 127.5 - 1])
+    assert out[:, 0, 0].tolist() == pytest.approx([-1.0, 1.0, 127 / 127.5 - 1], abs=1e-6)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    assert np.array_equal(signed_chw_to_uint8(to_signed_chw(img)), img)
+    assert signed_chw_to_uint8(np.full((3, 1, 1), 3.0))[0, 0].tolist() == [255, 255, 255]
 
 
 def test_collage_box_channel_and_hint_placement():

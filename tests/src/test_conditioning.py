@@ -27,7 +27,7 @@ def test_reference_dtypes_shapes_ranges(scene):
     img, mask = scene
     ref = prepare_reference(img, mask, rng=np.random.default_rng(1))
     assert isinstance(ref, PreparedReference)
-    assert ref.image.shape == (3, 224, 224) and ref.image.dtype == np.float32
+    assert ref.image.shape == (3, 224, 224) and ref.image.dtype == np.float32 and ref.image.flags.c_contiguous
     assert 0.0 <= ref.image.min() and ref.image.max() <= 1.0
     assert ref.hint.shape == (224, 224, 3) and ref.hint.dtype == np.uint8
     assert ref.mask.shape == (224, 224) and set(np.unique(ref.mask)) == {0, 1}
@@ -171,3 +171,6 @@ def test_target_bad_inputs(scene):
         prepare_target(img, np.zeros_like(mask), ref)
     with pytest.raises(ValueError, match="rng"):
         prepare_target(img, mask, ref, mask_channel="random")
+    with pytest.raises(ValueError, match="max_box_fraction"):
+        prepare_target(img, (20, 20, 300, 200), ref, max_box_fraction=0.8)
+    prepare_target(img, mask, ref, max_box_fraction=0.8)  # 85 x 119 px object in 320 x 240: fine

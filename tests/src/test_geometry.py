@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from src.geometry import (
+    box_fraction,
     box_in_box,
     box_size,
     clip_box,
@@ -112,3 +113,7 @@ def test_bad_box_raises():
         expand_box((10, 10, 5, 20), 1.2, (50, 50))
     with pytest.raises(ValueError):
         expand_box((0, 0, 5), 1.2, (50, 50))
+
+
+def test_box_fraction():
+    assert box_fraction((10, 20, 30, 60), (100, 50)) == (0.4, 0.4)

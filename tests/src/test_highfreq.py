@@ -109,3 +109,11 @@ def test_bad_inputs():
         high_frequency_map(np.zeros((8, 8, 3), np.uint8), np.ones((9, 8)))
     with pytest.raises(ValueError):
         high_frequency_map_torch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 9, 8))
+
+
+def test_torch_keeps_input_dtype():
+    img, mask = _textured(64, 64, seed=6)
+    ti, tm = _torch(img, mask)
+    out = high_frequency_map_torch(ti.double(), tm)
+    assert out.dtype == torch.float64
+    assert torch.equal(out.float(), high_frequency_map_torch(ti, tm))

@@ -67,3 +67,11 @@ def test_save_load_round_trip(parts, tmp_path):
     again.save_pretrained(str(tmp_path / "bad"))
     with pytest.raises(ValueError, match="conv_in is not zero"):
         load_detail_extractor(str(tmp_path / "bad"))
+
+
+def test_hint_conv_init_switch():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**TINY_MODEL_KWARGS["unet_config"])
+    cn = build_detail_extractor(unet, (16, 32, 96, 256), zero_hint_conv=False)
+    assert torch.count_nonzero(cn.controlnet_cond_embedding.conv_out.weight) > 0
+    assert torch.count_nonzero(cn.conv_in.weight) == 0  # the latent stays silenced either way
