@@ -42,8 +42,11 @@ eval: shards  ## score the `make train` checkpoint against baselines on the held
 
 bench: bench-data bench-train bench-infer  ## run every benchmark
 
-bench-data: shards  ## data loader samples/s per core and with workers
-	$(PY) -m benchmarks.bench_data --shards $(DATA)/train
+$(DATA)/bench/manifest.json: | $(STAMP)
+	$(VENV)/bin/anydoor shards synthetic --out $(DATA)/bench --seed 2000 --videos 24 --images 24 --frames 12 --frame-size 1280x720
+
+bench-data: $(DATA)/bench/manifest.json  ## data loader samples/s per core and with workers (512 px crops from 1280x720 frames)
+	$(PY) -m benchmarks.bench_data --shards $(DATA)/bench
 
 bench-train: $(STAMP)  ## training step time and peak memory (tiny on CPU; full size on a GPU if present)
 	$(PY) -m benchmarks.bench_train

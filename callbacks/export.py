@@ -25,7 +25,8 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, use_ema: bool
 
 
 class ExportOnTrainEnd(Callback):
-    """At the end of fit: ``<dir>/trainable.safetensors`` and ``<dir>/pretrained/`` (docs/design.md)."""
+    """At the end of fit: ``checkpoints/last.ckpt`` at the final step, ``<dir>/export/trainable.safetensors``
+    and ``<dir>/export/pretrained/`` (docs/design.md)."""
 
     def __init__(self, dirpath: Optional[str] = None, pretrained: bool = True, use_ema: bool = True) -> None:
         self.dirpath = dirpath
@@ -33,6 +34,10 @@ class ExportOnTrainEnd(Callback):
         self.use_ema = use_ema
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A stop by max_time lands between ModelCheckpoint's saves: write the true last step (all ranks).
+        ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if ckpt_dir:
+            trainer.save_checkpoint(str(Path(ckpt_dir) / "last.ckpt"))
         if not trainer.is_global_zero:
             return
         out = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "export"

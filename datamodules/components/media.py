@@ -48,8 +48,13 @@ def read_label_mask(source: str | Path | bytes, name: str | None = None) -> np.n
         im = _open(source, name)
     except BadInput as e:
         raise BadInput(e.file, "corrupt_mask" if e.reason == "corrupt_image" else e.reason, e.detail) from None
-    if im.mode in ("P", "L"):
-        return np.asarray(im) if im.mode == "L" else np.asarray(im, dtype=np.uint8)
+    if im.mode == "P":
+        return np.asarray(im, dtype=np.uint8)
+    if im.mode == "L":
+        label = np.asarray(im)
+        if label.max() == 255 and not np.isin(label, (0, 255), invert=True).any():
+            return (label > 0).astype(np.uint8)  # a binary 0/255 mask (DAVIS 2016 style): one object, id 1
+        return label
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -108,7 +108,8 @@ def write_shard(reader: Reader, task: ShardTask, dest: Destination, max_side: in
                 stats.bad(BadInput(f"{reader.name}:{item}", "reader_error", detail))
     if dest.folder is not None:
         os.replace(tmp, target)
-    record = {"shard": task.name, "url": task.name if dest.folder is not None else target, "source": reader.name,
+    # the shard's name, relative to the manifest: remote write URLs (pipe: commands) are not read URLs
+    record = {"shard": task.name, "url": task.name, "source": reader.name,
               "samples": n, "items": len(task.items), "stats": stats.to_dict()}
     path = _record_path(dest, task.name)
     tmp_rec = path.with_name(path.name + ".tmp")

@@ -18,28 +18,34 @@ import numpy as np
 
 from datamodules.components.shard_format import decode_frame, decode_mask_crop
 from src.conditioning import prepare_reference, prepare_target
+from src.geometry import mask_to_box
 from src.constants import KIND_INDEX
 
 REDUCTIONS = (8, 4, 2, 1)
 MIN_CROP_GROW = 1.1 * 1.3  # smallest (box grow) x (crop grow) prepare_target can draw
 
 
-def reference_augment(seed_rng: np.random.Generator):
+def reference_augment(rng: np.random.Generator, compose=None):
     """The reference's augmentation: horizontal flip and brightness/contrast jitter (albumentations).
 
-    Albumentations keeps its own RNG; it is reseeded from ``seed_rng`` for every call so the
-    pipeline's randomness still flows from one passed-in generator.
+    Albumentations keeps its own RNG; it is reseeded from ``rng`` on every call so the pipeline's
+    randomness still flows from one passed-in generator. Pass ``compose`` to reuse a built one.
     """
-    import albumentations as A
-
-    compose = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5)])
+    if compose is None:
+        compose = reference_compose()
 
     def augment(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        compose.set_random_seed(int(seed_rng.integers(2**31)))
+        compose.set_random_seed(int(rng.integers(2**31)))
         out = compose(image=image, mask=mask)
         return out["image"], out["mask"]
 
     return augment
+
+
+def reference_compose():
+    import albumentations as A
+
+    return A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5)])
 
 
 def _reduction(needed_side: float, available_side: float) -> int:
@@ -90,7 +96,7 @@ class PairBuilder:
     crop_grow: tuple[float, float] = (1.3, 3.0)
     mask_channel_prob: float = 0.7
     reduced_decode: bool = True
-    _augment_cache: dict = field(default_factory=dict, repr=False)
+    _compose: object = field(default=None, init=False, repr=False)
 
     def pick_frames(self, meta: dict, rng: np.random.Generator) -> tuple[int, int]:
         n = len(meta["boxes"])
@@ -102,7 +108,7 @@ class PairBuilder:
         return int(i), int(j)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        meta = sample["_meta"] if "_meta" in sample else json.loads(sample["json"])
+        meta = json.loads(sample["json"])
         kind = meta.get("kind", "video")
         if kind not in KIND_INDEX:
             raise ValueError(f"unknown kind {kind!r}")
@@ -111,18 +117,23 @@ class PairBuilder:
         rb, tb = meta["boxes"][i], meta["boxes"][j]
         r_ref = r_tgt = 1
         if self.reduced_decode:
-            r_ref = _reduction(self.reference_size, max(rb[2] - rb[0], rb[3] - rb[1]))
+            # the object's long side ends up at reference_size / grow <= reference_size / grow_min pixels
+            r_ref = _reduction(self.reference_size / self.reference_grow[0], max(rb[2] - rb[0], rb[3] - rb[1]))
             tgt_side = min(MIN_CROP_GROW * max(tb[2] - tb[0], tb[3] - tb[1]), min(h, w))
             r_tgt = _reduction(self.image_size, tgt_side)
         if i == j:
             r_ref = r_tgt = min(r_ref, r_tgt)
         target_image, target_mask = load_view(sample, meta, j, r_tgt)
         if i == j and r_ref == r_tgt:
-            x1, y1, x2, y2 = _mask_box(target_mask)
+            x1, y1, x2, y2 = mask_to_box(target_mask)
             ref_image, ref_mask = target_image[y1:y2, x1:x2], target_mask[y1:y2, x1:x2]
         else:
             ref_image, ref_mask = load_view(sample, meta, i, r_ref, crop_to_box=True)
-        augment = self._augmenter(rng) if self.augment else None
+        augment = None
+        if self.augment:
+            if self._compose is None:
+                self._compose = reference_compose()
+            augment = reference_augment(rng, self._compose)
         reference = prepare_reference(ref_image, ref_mask, rng=rng, grow_range=self.reference_grow, size=self.reference_size, augment=augment)
         target = prepare_target(
             target_image, target_mask, reference, rng=rng, box_grow=self.box_grow, crop_grow=self.crop_grow,
@@ -136,17 +147,3 @@ class PairBuilder:
             "box": target["box"],
             "object_mask": target["object_mask"],
         }
-
-    def _augmenter(self, rng: np.random.Generator):
-        # one albumentations Compose per rng (built once; reseeded from rng on every call)
-        key = id(rng)
-        if key not in self._augment_cache:
-            self._augment_cache.clear()
-            self._augment_cache[key] = reference_augment(rng)
-        return self._augment_cache[key]
-
-
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1

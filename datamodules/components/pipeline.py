@@ -65,6 +65,26 @@ class SkipCounter:
         return True
 
 
+class EmptyGuard:
+    """Stops a resampled source whose shards hold no samples at all (it would otherwise spin forever)."""
+
+    def __init__(self, source: str, patience: int) -> None:
+        self.source, self.patience = source, patience
+        self.shards = self.samples = 0
+
+    def urls(self, src: Iterable[dict]) -> Iterator[dict]:
+        for url in src:
+            self.shards += 1
+            if self.samples == 0 and self.shards > self.patience:
+                raise RuntimeError(f"source {self.source!r}: {self.patience} shards read and not one sample; last {url['url']}")
+            yield url
+
+    def count(self, src: Iterable[dict]) -> Iterator[dict]:
+        for sample in src:
+            self.samples += 1
+            yield sample
+
+
 # ---- stages ----
 
 def split_shards(urls: list[str], rank: int, world: int, worker: int, workers: int) -> list[str]:
@@ -158,10 +178,13 @@ class TrainStream(torch.utils.data.IterableDataset):
         streams = []
         for i, (name, urls) in enumerate(self.sources.items()):
             shard_seed = int(seq.spawn(len(self.sources))[i].generate_state(1)[0])
+            mine = split_shards(urls, rank, world, worker, workers)
+            guard = EmptyGuard(name, patience=max(50, 3 * len(mine)))
             stream = wds.DataPipeline(
-                wds.ResampledShards(split_shards(urls, rank, world, worker, workers), seed=shard_seed,
-                                    worker_seed=lambda: 0, deterministic=True),
+                wds.ResampledShards(mine, seed=shard_seed, worker_seed=lambda: 0, deterministic=True),
+                guard.urls,
                 wds.tarfile_to_samples(handler=skips.tar_handler),
+                guard.count,
                 partial(shuffle_samples, bufsize=self.shuffle_buffer, rng=rng),
             )
             streams.append(iter(stream))

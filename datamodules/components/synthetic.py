@@ -262,6 +262,12 @@ def generate(raw: Path, *, seed: int, videos: int, images: int, cfg: SyntheticCo
     vdir, idir = raw / "videos", raw / "images"
     vdir.mkdir(parents=True, exist_ok=True)
     idir.mkdir(parents=True, exist_ok=True)
+    # files already there are reused on a re-run, so they must come from the same settings
+    settings = {"seed": seed, **cfg.__dict__}
+    record = raw / "settings.json"
+    if record.is_file() and json.loads(record.read_text()) != settings:
+        raise ValueError(f"{raw} was generated with {json.loads(record.read_text())}, now {settings}; use a fresh --out")
+    record.write_text(json.dumps(settings))
     jobs = [("video", vdir, i, seed, cfg) for i in range(videos)] + [("image", idir, i, seed, cfg) for i in range(images)]
     bar = tqdm(total=len(jobs), desc="synthesize", unit="file", disable=not progress)
     if workers <= 1:

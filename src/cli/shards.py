@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-area", type=float, default=0.01, help="minimum mask area as a share of the frame")
     g.add_argument("--max-area", type=float, default=0.64, help="maximum mask area as a share of the frame")
     g.add_argument("--min-connectivity", type=float, default=0.9, help="minimum share of the mask in its largest part")
+    g.add_argument("--min-box-side", type=float, default=0.1, help="minimum object box width and height as a share of the frame's")
     g.add_argument("--frames-per-track", type=int, default=8, help="frames kept per video object (spread over the track)")
     g.add_argument("--min-frames", type=int, default=2, help="tracks with fewer passing frames are rejected")
     g.add_argument("--max-objects", type=int, default=4, help="objects kept per still image (largest first)")
@@ -63,7 +64,7 @@ def _readers(args: argparse.Namespace) -> list[tuple[object, int]]:
     from datamodules.components.sources.video import VideoReader
     from datamodules.components.sources.vos import VOSReader
 
-    rules = MaskRules(args.min_area, args.max_area, args.min_connectivity)
+    rules = MaskRules(args.min_area, args.max_area, args.min_connectivity, args.min_box_side)
     track = dict(frames_per_track=args.frames_per_track, min_frames=args.min_frames, rules=rules)
     per = args.items_per_shard
     if args.source != "synthetic" and not args.path:

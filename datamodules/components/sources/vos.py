@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ class VOSReader:
     masks_dir: str = "Annotations"
     frames_per_track: int = 8
     min_frames: int = 2
-    rules: MaskRules = MaskRules()
+    rules: MaskRules = field(default_factory=MaskRules)
 
     def items(self) -> list[str]:
         images = Path(self.root) / self.images_dir
@@ -82,6 +82,7 @@ class VOSReader:
             present = np.unique(np.concatenate([np.unique(m) for m in labels.values()])) if labels else []
             ids = [int(i) for i in present if i not in (0, VOID_ID)]
 
+        decoded: dict[int, np.ndarray | None] = {}
         for obj in ids:
             def get(pos: int, obj: int = obj) -> np.ndarray:
                 return labels[pos] == obj
@@ -89,11 +90,15 @@ class VOSReader:
             keep = valid_frames(sorted(labels), get, self.rules, stats)
             chosen, images = [], []
             for pos in spread(keep, self.frames_per_track):
-                try:
-                    images.append(read_image(frames[stems[pos]], stats=stats))
+                if pos not in decoded:  # each frame decoded (and a bad one reported) once per video
+                    try:
+                        decoded[pos] = read_image(frames[stems[pos]], stats=stats)
+                    except BadInput as e:
+                        stats.bad(e)
+                        decoded[pos] = None
+                if decoded[pos] is not None:
+                    images.append(decoded[pos])
                     chosen.append(pos)
-                except BadInput as e:
-                    stats.bad(e)
             if len(chosen) < self.min_frames:
                 stats.reject("too_few_frames")
                 continue
