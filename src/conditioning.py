@@ -124,9 +124,9 @@ def prepare_target(
     ``PreparedReference`` or its hint directly. ``mask_channel``: "random" (default with ``rng``) is
     the perturbed object mask with probability ``mask_channel_prob``, else the box; "box" (default
     without ``rng``) is the expanded box; "mask" is the unperturbed object mask (a user's mask).
+    ``box_ratio`` / ``crop_ratio`` are the fixed growth factors used without ``rng`` (inference).
     ``max_box_fraction`` (the reference uses 0.8 in training) raises ``ValueError`` when the
     expanded box spans more than that fraction of the image width or height.
-    ``box_ratio`` / ``crop_ratio`` are the fixed growth factors used without ``rng`` (inference).
 
     Sample: ``target`` float32 3 x S x S in [-1, 1]; ``collage`` float32 4 x S x S (see
     ``build_collage``); ``box`` int64 (4,) in crop pixels; ``object_mask`` float32 1 x S x S {0, 1}.

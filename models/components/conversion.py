@@ -150,7 +150,9 @@ def load_ldm_config(path: str | Path | None) -> dict[str, Any]:
         for name in ("unet_config", "control_stage_config", "first_stage_config"):
             params[name]["params"]
     except (KeyError, TypeError) as err:
-        raise ConversionError(f"{path}: not an AnyDoor model YAML, missing model.params.{err}") from err
+        raise ConversionError(f"{path}: not the authors' model YAML (their configs/anydoor.yaml format: "
+                              "model.params.unet_config / control_stage_config / first_stage_config with "
+                              f"params); missing {err}") from err
     return config
 
 

@@ -190,3 +190,13 @@ def test_channels_last_matches_default_layout(pipe):
     finally:
         pipe.use_channels_last(False)
     assert np.abs(plain.crops[0].astype(int) - fast.crops[0].astype(int)).max() <= 1
+
+
+def test_half_precision_runs():
+    ref, target = scene()
+    half = random_pipeline("tiny", seed=0).to(dtype=torch.bfloat16)  # fp16/bf16 is the GPU path; bf16 runs on CPU
+    assert half.unet.dtype == half.id_encoder.projector.weight.dtype == torch.bfloat16
+    out = run(half, Job(ref, target, box=(60, 40, 120, 110)))
+    full = run(random_pipeline("tiny", seed=0), Job(ref, target, box=(60, 40, 120, 110)))
+    assert out.images[0].shape == target.shape
+    assert np.abs(out.crops[0].astype(int) - full.crops[0].astype(int)).mean() < 8
