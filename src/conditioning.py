@@ -114,6 +114,8 @@ def prepare_target(
     perturb_iou: Sequence[float] = (0.3, 0.99),
     mask_channel: Literal["random", "box", "mask"] | None = None,
     max_box_fraction: float | None = None,
+    box_ratio: float = DEFAULT_BOX_GROW,
+    crop_ratio: float = DEFAULT_CROP_GROW,
 ) -> PreparedTarget:
     """The target crop, its collage and the geometry to paste a generation back.
 
@@ -122,6 +124,7 @@ def prepare_target(
     ``PreparedReference`` or its hint directly. ``mask_channel``: "random" (default with ``rng``) is
     the perturbed object mask with probability ``mask_channel_prob``, else the box; "box" (default
     without ``rng``) is the expanded box; "mask" is the unperturbed object mask (a user's mask).
+    ``box_ratio`` / ``crop_ratio`` are the fixed growth factors used without ``rng`` (inference).
     ``max_box_fraction`` (the reference uses 0.8 in training) raises ``ValueError`` when the
     expanded box spans more than that fraction of the image width or height.
 
@@ -158,8 +161,8 @@ def prepare_target(
         box = expand_box_random(obj_box, box_grow, hw, rng)
         crop = expand_box_random(box, crop_grow, hw, rng)
     else:
-        box = expand_box(obj_box, DEFAULT_BOX_GROW, hw)
-        crop = expand_box(box, DEFAULT_CROP_GROW, hw)
+        box = expand_box(obj_box, box_ratio, hw)
+        crop = expand_box(box, crop_ratio, hw)
     if max_box_fraction is not None and max(box_fraction(box, hw)) > max_box_fraction:
         fw, fh = box_fraction(box, hw)
         raise ValueError(f"target box spans {fw:.2f} x {fh:.2f} of the image, more than max_box_fraction={max_box_fraction}")

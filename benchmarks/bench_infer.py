@@ -1,0 +1,194 @@
+"""Time one generation part by part (ID encoder, one guided step, VAE decode, end to end) + peak memory.
+
+    python -m benchmarks.bench_infer                       # full-size architecture, random weights
+    python -m benchmarks.bench_infer --size tiny --e2e-steps 50 --scheduler ddim
+
+Random weights (no download); the timings are those of the real architecture. On CPU the thread
+count is fixed (default 2, the issue's reference setting). The reference numbers in REFERENCE_CPU
+were measured for the authors' code under the same conditions (issue 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+REFERENCE_CPU = {"guided_step_s": 28.0, "id_encoder_s": 4.9, "vae_decode_s": 19.0,
+                 "generation_s": 24 * 60, "peak_rss_gib": 11.4}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+CPU_SECONDS: dict[str, float] = {}  # process CPU seconds of the best run, by label
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn, device: torch.device, repeats: int = 1, label: str = "") -> tuple[float, object]:
+    """Best wall time of ``repeats`` runs; its process CPU time goes to CPU_SECONDS[label]. On a
+    shared CPU, CPU time / threads is the wall time an idle machine would show (spin-waits aside)."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        _sync(device)
+        start, cpu = time.perf_counter(), _cpu()
+        out = fn()
+        _sync(device)
+        wall = time.perf_counter() - start
+        if wall < best:
+            best = wall
+            if label:
+                CPU_SECONDS[label] = round(_cpu() - cpu, 2)
+    return best, out
+
+
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def make_job(seed: int = 0):
+    from models.pipeline import Job
+
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(0, 256, (300, 240, 4), dtype=np.uint8)
+    ref[..., 3] = 0
+    ref[40:260, 30:210, 3] = 255
+    target = rng.integers(0, 256, (720, 960, 3), dtype=np.uint8)
+    return Job(reference=ref, target=target, box=(400, 250, 620, 520), name="bench")
+
+
+def compare_solvers(pipe, job, seed: int = 0) -> dict[str, float]:
+    """Crops of several solvers from the same noise vs DDIM 50 (the authors' default) and vs a
+    converged reference (DDIM 500): mean |difference| in 8-bit pixel levels."""
+    side = pipe.crop_size // pipe.vae.factor
+    noise = torch.randn(1, pipe.vae.latent_channels, side, side, generator=torch.Generator().manual_seed(seed))
+    runs = {"ddim500": ("ddim", 500, None), "ddim50": ("ddim", 50, None), "ddim20": ("ddim", 20, None),
+            "dpm20": ("dpm", 20, None), "dpm20_leading": ("dpm", 20, "leading"), "dpm10": ("dpm", 10, None)}
+    crops = {}
+    for name, (sched, steps, spacing) in runs.items():
+        out = pipe(job, num_inference_steps=steps, scheduler=sched, timestep_spacing=spacing, latents=noise.clone(),
+                   progress=False)
+        crops[name] = out.crops[0].astype(np.float64)
+    res = {}
+    for name in runs:
+        if name != "ddim500":
+            res[f"{name}_vs_ddim50"] = round(float(np.abs(crops[name] - crops["ddim50"]).mean()), 3)
+            res[f"{name}_vs_ddim500"] = round(float(np.abs(crops[name] - crops["ddim500"]).mean()), 3)
+    other = pipe(job, num_inference_steps=50, latents=torch.randn(noise.shape, generator=torch.Generator().manual_seed(seed + 1)),
+                 progress=False).crops[0].astype(np.float64)
+    res["ddim50_other_seed_vs_ddim50"] = round(float(np.abs(other - crops["ddim50"]).mean()), 3)  # scale
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("tiny", "full"), default="full")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="default float32 on CPU, float16 on GPU")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--step-repeats", type=int, default=2, help="guided steps timed (best kept)")
+    parser.add_argument("--e2e-steps", type=int, default=20, help="steps of the end-to-end run (0 skips it)")
+    parser.add_argument("--scheduler", choices=("ddim", "dpm"), default="dpm")
+    parser.add_argument("--unbatched", action="store_true", help="also time cond and uncond as two passes")
+    parser.add_argument("--compare-solvers", action="store_true",
+                        help="only compare DPM-Solver++ / DDIM step counts against DDIM 50 (use with --size tiny)")
+    parser.add_argument("--contiguous", action="store_true", help="NCHW convolutions (default: channels_last)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    from models.pipeline import random_pipeline
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    res: dict[str, object] = {"load_average_start": _load(), "size": args.size, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                              "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    t, pipe = _timed(lambda: random_pipeline(args.size, seed=0).to(device, dtype), device)
+    pipe.use_channels_last(not args.contiguous)
+    if args.compare_solvers:
+        res["solver_mean_abs_diff_levels"] = compare_solvers(pipe, make_job())
+        print(json.dumps(res, indent=2))
+        return 0
+    res["channels_last"] = not args.contiguous
+    res["build_s"] = round(t, 2)
+    res["crop_px"] = pipe.crop_size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    job = make_job()
+    _, prepared, _ = pipe.prepare(job)
+    ref = torch.from_numpy(pipe.prepare(job)[0])[None].to(device)
+    collage = torch.from_numpy(prepared.sample["collage"])[None].to(device, dtype)
+    t, _ = _timed(lambda: pipe.unconditional_tokens(1), device, label="id_encoder_black_once")
+    res["id_encoder_black_once_s"] = round(t, 3)  # computed once per model, then cached
+    t, tokens = _timed(lambda: pipe.encode_references(ref, guidance=True), device, label="id_encoder")
+    res["id_encoder_s"] = round(t, 3)  # one DINOv2 pass per call (black-reference tokens cached)
+
+    side = pipe.crop_size // pipe.vae.factor
+    latents = torch.randn(1, pipe.vae.latent_channels, side, side, generator=torch.Generator().manual_seed(0))
+    latents = latents.to(device, dtype)
+    tstep = torch.tensor([981], device=device)
+    fmt = torch.contiguous_format if args.contiguous else torch.channels_last
+    hint2 = torch.cat([collage, collage]).contiguous(memory_format=fmt)
+
+    def guided_step():
+        with torch.no_grad():
+            x = torch.cat([latents, latents]).contiguous(memory_format=fmt)
+            eps = pipe.denoiser(x, tstep.expand(2), tokens, hint2)
+            u, c = eps.chunk(2)
+            return u + 5.0 * (c - u)
+
+    t, _ = _timed(guided_step, device, args.step_repeats, label="guided_step")
+    res["guided_step_s"] = round(t, 3)
+    if args.unbatched:
+        def two_passes():
+            with torch.no_grad():
+                return [pipe.denoiser(latents, tstep, tok[None], collage) for tok in tokens]
+
+        t, _ = _timed(two_passes, device, args.step_repeats, label="guided_step_unbatched")
+        res["guided_step_unbatched_s"] = round(t, 3)
+    t, _ = _timed(lambda: pipe.decode(latents), device, label="vae_decode")
+    res["vae_decode_s"] = round(t, 3)
+    if args.e2e_steps > 0:
+        t, _ = _timed(lambda: pipe(job, num_inference_steps=args.e2e_steps, scheduler=args.scheduler,
+                                   generator=torch.Generator().manual_seed(0), progress=False), device,
+                      label="generation")
+        res[f"generation_{args.scheduler}{args.e2e_steps}_s"] = round(t, 2)
+        res["generation_ddim50_estimate_s"] = round(res["id_encoder_s"] + 50 * res["guided_step_s"]
+                                                    + res["vae_decode_s"], 1)
+    if device.type == "cpu":
+        res["process_cpu_s"] = dict(CPU_SECONDS)
+    res["peak_rss_gib"] = round(_peak_rss_gib(), 2)
+    res["load_average_end"] = _load()  # the CPU is shared: a load above the thread count inflates timings
+    if device.type == "cuda":
+        res["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.size == "full" and device.type == "cpu" and res["threads"] == 2:
+        res["reference_cpu"] = REFERENCE_CPU
+        res["guided_step_vs_reference"] = round(res["guided_step_s"] / REFERENCE_CPU["guided_step_s"], 3)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

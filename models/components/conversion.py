@@ -1,0 +1,469 @@
+"""Convert the authors' released AnyDoor checkpoint (an LDM/ControlLDM state dict) to our layout.
+
+The renaming itself is diffusers' (``single_file_utils``: U-Net, ControlNet, VAE) and timm's
+(``checkpoint_filter_fn``: DINOv2); this module adds what they do not: the AnyDoor-specific parts
+(4-channel hint, the ControlNet's unused first conv, the ID projector), and a strict account of
+every key. Each converted tensor is traced back to the source tensor it came from (same object or
+a view of it), so a key that nothing consumed, a target the model does not have, or a shape the
+architecture does not expect is an error naming the key. Works on ``meta`` tensors, so the
+full-size mapping is checked without weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# The authors' `configs/anydoor.yaml` (`model.params`), only the fields the conversion reads.
+_LDM_UNET_PARAMS: dict[str, Any] = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "attention_resolutions": [4, 2, 1],
+    "num_res_blocks": 2,
+    "channel_mult": [1, 2, 4, 4],
+    "num_head_channels": 64,
+    "use_spatial_transformer": True,
+    "use_linear_in_transformer": True,
+    "transformer_depth": 1,
+    "context_dim": 1024,
+    "legacy": False,
+}
+RELEASED_LDM_CONFIG: dict[str, Any] = {
+    "model": {
+        "params": {
+            "linear_start": 0.00085,
+            "linear_end": 0.0120,
+            "timesteps": 1000,
+            "image_size": 64,
+            "channels": 4,
+            "scale_factor": 0.18215,
+            "control_stage_config": {"params": {**_LDM_UNET_PARAMS, "hint_channels": 4}},
+            "unet_config": {"params": dict(_LDM_UNET_PARAMS)},
+            "first_stage_config": {
+                "params": {
+                    "embed_dim": 4,
+                    "ddconfig": {
+                        "double_z": True,
+                        "z_channels": 4,
+                        "resolution": 256,
+                        "in_channels": 3,
+                        "out_ch": 3,
+                        "ch": 128,
+                        "ch_mult": [1, 2, 4, 4],
+                        "num_res_blocks": 2,
+                        "attn_resolutions": [],
+                    },
+                }
+            },
+        }
+    }
+}
+
+PREFIXES: dict[str, str] = {
+    "unet": "model.diffusion_model.",
+    "controlnet": "control_model.",
+    "vae": "first_stage_model.",
+    "dinov2": "cond_stage_model.model.",
+    "projector": "cond_stage_model.projector.",
+}
+# The DDPM schedule is rebuilt by the diffusers scheduler from the config; `logvar` is training-only.
+SCHEDULE_BUFFERS: tuple[str, ...] = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+)
+# AnyDoor's ControlNet feeds the hint embedding where the first block's output would be, so its
+# first conv never runs; diffusers adds conv_in(x) to the hint embedding, hence conv_in := 0.
+UNUSED_CONTROLNET_CONV = ("control_model.input_blocks.0.0.weight", "control_model.input_blocks.0.0.bias")
+DINOV2_MASK_TOKEN = "mask_token"  # masked-image-modelling token, used only in DINOv2 pre-training
+HINT_EMBEDDING_CHANNELS = (16, 32, 96, 256)  # fixed in the authors' ControlNet.input_hint_block
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the architecture; the message names the key."""
+
+
+@dataclass
+class ConvertedComponent:
+    """One sub-folder of the pretrained layout: its config and its (possibly meta) tensors."""
+
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    sources: dict[str, str] = field(default_factory=dict)  # target key -> source key
+
+
+# ----------------------------------------------------------------------------------------- input
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a Lightning / plain checkpoint, memory-mapped so nothing is read until used."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # legacy (non-zip) file: cannot be memory-mapped, read it whole
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling fails in many types; name the file
+        raise ConversionError(f"{path}: cannot be loaded with torch.load(weights_only=True): {err}") from err
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConversionError(f"{path}: holds no state dict of tensors")
+    return dict(obj)
+
+
+def load_ldm_config(path: str | Path | None) -> dict[str, Any]:
+    """The authors' model YAML (``model.params`` with ``unet_config`` ...), default the released one."""
+    if path is None:
+        return copy.deepcopy(RELEASED_LDM_CONFIG)
+    import yaml
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    try:
+        params = config["model"]["params"]
+        for name in ("unet_config", "control_stage_config", "first_stage_config"):
+            params[name]["params"]
+    except (KeyError, TypeError) as err:
+        raise ConversionError(f"{path}: not the authors' model YAML (their configs/anydoor.yaml format: "
+                              "model.params.unet_config / control_stage_config / first_stage_config with "
+                              f"params); missing {err}") from err
+    return config
+
+
+# ------------------------------------------------------------------------------------- configs
+
+
+def _ldm_for_unet(config: Mapping[str, Any], unet_params: Mapping[str, Any]) -> dict[str, Any]:
+    params = config["model"]["params"]
+    return {"model": {"params": {"unet_config": {"params": dict(unet_params)},
+                                 "first_stage_config": params["first_stage_config"]}}}
+
+
+def unet_config_from_ldm(config: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers UNet2DConditionModel config from the authors' ``unet_config``."""
+    from diffusers.loaders.single_file_utils import create_unet_diffusers_config_from_ldm
+
+    params = config["model"]["params"]
+    out = create_unet_diffusers_config_from_ldm(_ldm_for_unet(config, params["unet_config"]["params"]), {})
+    out["sample_size"] = int(params.get("image_size", 64))
+    return out
+
+
+def controlnet_config_from_ldm(config: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers ControlNetModel config from ``control_stage_config`` (not from the U-Net's)."""
+    from diffusers.loaders.single_file_utils import create_unet_diffusers_config_from_ldm
+
+    control = dict(config["model"]["params"]["control_stage_config"]["params"])
+    control.setdefault("out_channels", control["in_channels"])
+    unet = create_unet_diffusers_config_from_ldm(_ldm_for_unet(config, control), {})
+    keep = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
+            "attention_head_dim", "use_linear_projection", "transformer_layers_per_block")
+    return {**{k: unet[k] for k in keep}, "conditioning_channels": int(control["hint_channels"]),
+            "conditioning_embedding_out_channels": list(HINT_EMBEDDING_CHANNELS)}
+
+
+def vae_config_from_ldm(config: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers AutoencoderKL config (scaling factor from ``scale_factor``)."""
+    from diffusers.loaders.single_file_utils import create_vae_diffusers_config_from_ldm
+
+    out = create_vae_diffusers_config_from_ldm(config, {})
+    ddconfig = config["model"]["params"]["first_stage_config"]["params"]["ddconfig"]
+    out["sample_size"] = int(config["model"]["params"].get("image_size", 64)) * 2 ** (len(ddconfig["ch_mult"]) - 1)
+    return out
+
+
+def scheduler_config_from_ldm(config: Mapping[str, Any]) -> dict[str, Any]:
+    """DDIM config reproducing the authors' DDPM schedule and their DDIM sampler's timesteps.
+
+    ``make_beta_schedule('linear')`` is linear in sqrt(beta) = diffusers' "scaled_linear"; their
+    uniform DDIM discretisation (range(0, T, T // n) + 1, alpha_prev of the last step =
+    alphas_cumprod[0]) is "leading" spacing with steps_offset 1 and set_alpha_to_one False.
+    """
+    params = config["model"]["params"]
+    return {
+        "_class_name": "DDIMScheduler",
+        "num_train_timesteps": int(params.get("timesteps", 1000)),
+        "beta_start": float(params.get("linear_start", 0.00085)),
+        "beta_end": float(params.get("linear_end", 0.012)),
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "v_prediction" if params.get("parameterization") == "v" else "epsilon",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+    }
+
+
+def vit_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], num_heads: int | None = None) -> dict[str, Any]:
+    """timm ``create_model`` arguments for an original-DINOv2 state dict, from tensor shapes.
+
+    Head count is not visible in the weights; DINOv2 uses 64-dim heads, so it defaults to dim // 64.
+    """
+    try:
+        dim = state_dict["cls_token"].shape[-1]
+        patch = state_dict["patch_embed.proj.weight"].shape[-1]
+        tokens = state_dict["pos_embed"].shape[1] - 1
+        fc1 = state_dict["blocks.0.mlp.w12.weight" if "blocks.0.mlp.w12.weight" in state_dict
+                         else "blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as err:
+        raise ConversionError(f"DINOv2 weights lack {err.args[0]!r}") from err
+    depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+    grid = math.isqrt(tokens)
+    if grid * grid != tokens:
+        raise ConversionError(f"DINOv2 pos_embed has {tokens} patch tokens, not a square grid")
+    if num_heads is None:
+        if dim % 64:
+            raise ConversionError(f"DINOv2 width {dim} is not a multiple of 64: pass the number of heads")
+        num_heads = dim // 64
+    swiglu = "blocks.0.mlp.w12.weight" in state_dict
+    return {
+        "model_name": "vit_giant_patch14_dinov2" if swiglu else "vit_large_patch14_dinov2",
+        "vit_kwargs": {
+            "img_size": grid * patch,
+            "patch_size": int(patch),
+            "embed_dim": int(dim),
+            "depth": int(depth),
+            "num_heads": int(num_heads),
+            "mlp_ratio": (fc1 + 0.5) / dim,  # timm takes int(dim * ratio) hidden units
+            "init_values": 1e-5 if "blocks.0.ls1.gamma" in state_dict else None,
+        },
+    }
+
+
+def build_vit(config: Mapping[str, Any]) -> torch.nn.Module:
+    """The timm ViT of an ID-encoder config (``model_name`` + ``vit_kwargs``, as IDEncoder stores it)."""
+    import timm
+
+    return timm.create_model(config["model_name"], pretrained=False, num_classes=0, **config["vit_kwargs"])
+
+
+# ----------------------------------------------------------------------------------- conversion
+
+
+def _strip(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _trace(converted: Mapping[str, torch.Tensor | None], origin: Mapping[int, str], part: str) -> dict[str, str]:
+    """Target key -> the source key whose tensor (or a view of it) landed there."""
+    sources = {}
+    for key, tensor in converted.items():
+        if tensor is None:
+            raise ConversionError(f"{part}: the checkpoint has no tensor for target {key!r}")
+        base = tensor if tensor._base is None else tensor._base
+        if id(base) not in origin:
+            raise ConversionError(f"{part}: target {key!r} does not come from a checkpoint tensor")
+        sources[key] = origin[id(base)]
+    return sources
+
+
+def check_against_model(part: str, component: ConvertedComponent, model: torch.nn.Module) -> None:
+    """Strict key and shape match with a (meta) model; errors name both key spaces."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = component.state_dict
+    missing = sorted(set(expected) - set(got))
+    if missing:
+        raise ConversionError(f"{part}: the checkpoint gives no weight for {missing[:5]} ({len(missing)} missing)")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        src = [component.sources.get(k, k) for k in extra[:5]]
+        raise ConversionError(f"{part}: checkpoint keys {src} do not fit the architecture ({len(extra)} extra)")
+    for key, shape in expected.items():
+        if tuple(got[key].shape) != shape:
+            raise ConversionError(
+                f"{part}: {component.sources.get(key, key)!r} has shape {tuple(got[key].shape)}, "
+                f"the architecture expects {shape} for {key!r}"
+            )
+
+
+def _meta_model(part: str, config: Mapping[str, Any]) -> torch.nn.Module:
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+    cls = {"unet": UNet2DConditionModel, "controlnet": ControlNetModel, "vae": AutoencoderKL}
+    with torch.device("meta"):
+        if part == "id_encoder":
+            return build_vit(config)
+        return cls[part](**config)
+
+
+def convert_dinov2(
+    state_dict: Mapping[str, torch.Tensor], num_heads: int | None = None
+) -> tuple[ConvertedComponent, list[str]]:
+    """Original DINOv2 names -> timm ViT; returns the component (no prefix) and the dropped keys."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    config = vit_config_from_state_dict(state_dict, num_heads)
+    model = _meta_model("id_encoder", config)
+    converted = checkpoint_filter_fn(dict(state_dict), model)
+    origin = {id(v): k for k, v in state_dict.items()}
+    component = ConvertedComponent(config, converted, _trace(converted, origin, "dinov2"))
+    check_against_model("dinov2", component, model)
+    dropped = [DINOV2_MASK_TOKEN] if DINOV2_MASK_TOKEN in state_dict else []
+    return component, dropped
+
+
+def _check_schedule(state_dict: Mapping[str, torch.Tensor], scheduler_config: Mapping[str, Any]) -> None:
+    """The released buffers must be the schedule the scheduler config rebuilds (skipped on meta)."""
+    betas = state_dict.get("betas")
+    if betas is None or betas.is_meta:
+        return
+    from diffusers import DDIMScheduler
+
+    expected = DDIMScheduler.from_config(dict(scheduler_config)).betas
+    if betas.shape != expected.shape or not torch.allclose(betas.double(), expected.double(), rtol=1e-4, atol=1e-7):
+        raise ConversionError("'betas' in the checkpoint is not the schedule of the given config "
+                              f"(linear_start/linear_end/timesteps = {scheduler_config['beta_start']}/"
+                              f"{scheduler_config['beta_end']}/{scheduler_config['num_train_timesteps']})")
+
+
+def convert_anydoor_checkpoint(
+    state_dict: Mapping[str, torch.Tensor],
+    ldm_config: Mapping[str, Any] | None = None,
+    vit_num_heads: int | None = None,
+    reference_size: int = 224,
+    check: bool = True,
+) -> dict[str, ConvertedComponent]:
+    """Split and rename a ControlLDM state dict into ``unet``, ``controlnet``, ``vae``, ``id_encoder``
+    (``vit.*`` + ``projector.*``) and ``scheduler``; every key is consumed or deliberately dropped."""
+    from diffusers.loaders.single_file_utils import (
+        convert_controlnet_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
+
+    config = copy.deepcopy(dict(ldm_config)) if ldm_config is not None else load_ldm_config(None)
+    unknown = [k for k in state_dict if k not in SCHEDULE_BUFFERS and not any(k.startswith(p) for p in PREFIXES.values())]
+    if unknown:
+        raise ConversionError(f"unrecognised checkpoint key {unknown[0]!r} ({len(unknown)} such keys)")
+    origin = {id(v): k for k, v in state_dict.items()}
+    out: dict[str, ConvertedComponent] = {}
+
+    cfg = unet_config_from_ldm(config)
+    sd = convert_ldm_unet_checkpoint(state_dict, cfg)
+    out["unet"] = ConvertedComponent(cfg, sd, _trace(sd, origin, "unet"))
+
+    cfg = controlnet_config_from_ldm(config)
+    sd = convert_controlnet_checkpoint(state_dict, cfg)  # block counting needs input_blocks.0 present
+    sd.pop("conv_in.weight", None), sd.pop("conv_in.bias", None)
+    sources = _trace(sd, origin, "controlnet")
+    ref = state_dict.get(UNUSED_CONTROLNET_CONV[0])
+    if ref is None:
+        raise ConversionError(f"controlnet: the checkpoint has no {UNUSED_CONTROLNET_CONV[0]!r}")
+    bias = state_dict.get(UNUSED_CONTROLNET_CONV[1])
+    sd["conv_in.weight"] = torch.zeros(ref.shape, dtype=ref.dtype, device=ref.device)
+    sd["conv_in.bias"] = torch.zeros(bias.shape if bias is not None else ref.shape[:1], dtype=ref.dtype, device=ref.device)
+    out["controlnet"] = ConvertedComponent(cfg, sd, sources)
+
+    cfg = vae_config_from_ldm(config)
+    sd = convert_ldm_vae_checkpoint(state_dict, cfg)
+    out["vae"] = ConvertedComponent(cfg, sd, _trace(sd, origin, "vae"))
+
+    vit, dropped_vit = convert_dinov2(_strip(state_dict, PREFIXES["dinov2"]), vit_num_heads)
+    id_sd = {f"vit.{k}": v for k, v in vit.state_dict.items()}
+    id_sources = {f"vit.{k}": PREFIXES["dinov2"] + s for k, s in vit.sources.items()}
+    for name in ("weight", "bias"):
+        key = PREFIXES["projector"] + name
+        if key not in state_dict:
+            raise ConversionError(f"id_encoder: the checkpoint has no {key!r}")
+        id_sd[f"projector.{name}"] = state_dict[key]
+        id_sources[f"projector.{name}"] = key
+    proj = state_dict[PREFIXES["projector"] + "weight"]
+    if proj.ndim != 2 or proj.shape[1] != vit.config["vit_kwargs"]["embed_dim"]:
+        raise ConversionError(f"id_encoder: {PREFIXES['projector']}weight has shape {tuple(proj.shape)}, "
+                              f"expected (*, {vit.config['vit_kwargs']['embed_dim']})")
+    context_dim = out["unet"].config["cross_attention_dim"]
+    if proj.shape[0] != context_dim:
+        raise ConversionError(f"id_encoder: projector gives {proj.shape[0]}-dim tokens, the U-Net attends "
+                              f"to {context_dim}")
+    id_config = {**vit.config, "out_dim": int(proj.shape[0]), "image_size": int(reference_size)}  # IDEncoder's
+    out["id_encoder"] = ConvertedComponent(id_config, id_sd, id_sources)
+
+    sched = scheduler_config_from_ldm(config)
+    _check_schedule(state_dict, sched)
+    out["scheduler"] = ConvertedComponent(sched, {})
+
+    if check:
+        for part in ("unet", "controlnet", "vae"):
+            check_against_model(part, out[part], _meta_model(part, out[part].config))
+    dropped = set(SCHEDULE_BUFFERS) | set(UNUSED_CONTROLNET_CONV) | {PREFIXES["dinov2"] + k for k in dropped_vit}
+    used = {s for c in out.values() for s in c.sources.values()}
+    left = sorted(k for k in state_dict if k not in used and k not in dropped)
+    if left:
+        raise ConversionError(f"checkpoint key {left[0]!r} is not used by the conversion ({len(left)} such keys)")
+    return out
+
+
+def dropped_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys the conversion deliberately leaves out (for the report)."""
+    drop = set(SCHEDULE_BUFFERS) | set(UNUSED_CONTROLNET_CONV) | {PREFIXES["dinov2"] + DINOV2_MASK_TOKEN}
+    return sorted(k for k in state_dict if k in drop)
+
+
+# ---------------------------------------------------------------------------------------- output
+
+DIFFUSERS_CLASSES = {"unet": "UNet2DConditionModel", "controlnet": "ControlNetModel", "vae": "AutoencoderKL"}
+
+
+def materialize(part: str, component: ConvertedComponent, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The diffusers model of ``part`` holding the converted tensors (assigned, not copied)."""
+    model = _meta_model(part, component.config)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+             for k, v in component.state_dict.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def save_converted(components: Mapping[str, ConvertedComponent], out_dir: str | Path,
+                   dtype: torch.dtype | None = None) -> list[Path]:
+    """Write the pretrained layout one component at a time (peak RAM ~ the largest component)."""
+    import json
+
+    from diffusers import DDIMScheduler
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for part in ("unet", "controlnet", "vae"):
+        model = materialize(part, components[part], dtype)
+        model.save_pretrained(out_dir / part, safe_serialization=True)
+        written.append(out_dir / part)
+        del model
+    id_dir = out_dir / "id_encoder"
+    id_dir.mkdir(exist_ok=True)
+    comp = components["id_encoder"]
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+               for k, v in comp.state_dict.items()}
+    save_file(tensors, str(id_dir / "model.safetensors"))
+    (id_dir / "config.json").write_text(json.dumps(comp.config, indent=2) + "\n")
+    written.append(id_dir)
+    del tensors
+    DDIMScheduler.from_config(components["scheduler"].config).save_pretrained(out_dir / "scheduler")
+    written.append(out_dir / "scheduler")
+    return written

@@ -1,0 +1,1 @@
+"""Evaluation: identity scorers, baselines and the `anydoor eval` runner (no Lightning)."""

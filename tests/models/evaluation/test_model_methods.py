@@ -1,0 +1,69 @@
+"""The model-backed methods on the tiny random-init AnyDoor (32 px crops)."""
+
+import pytest
+import torch
+import yaml
+
+from models.evaluation.jobs import load_jobs, prepare_job
+from models.evaluation.methods import ModuleMethod, PipelineMethod
+from models.evaluation.runner import evaluate
+from tests.fakes import TINY_MODEL_KWARGS
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY_MODEL_KWARGS.items()}
+    args["unet_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in args["unet_config"].items()}
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"model": {"class_path": "models.anydoor_module.AnyDoorModule", "init_args": args}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(job_folder):
+    return [prepare_job(j, SIZE) for j in load_jobs(job_folder)]
+
+
+def test_pipeline_method_is_seeded_per_job(prepared):
+    from models.pipeline import random_pipeline
+
+    method = PipelineMethod(random_pipeline("tiny"), steps=2, guidance=2.0)
+    assert method.size == SIZE
+    together = method(prepared)
+    alone = method(prepared[1:2])
+    assert together.shape == (3, 3, SIZE, SIZE)
+    assert torch.allclose(together[1], alone[0], atol=1e-6)
+
+
+def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_folder):
+    untrained = ModuleMethod(tiny_config)
+    assert untrained.steps == TINY_MODEL_KWARGS["sample_steps"] and untrained.size == SIZE
+    # a checkpoint as Lightning writes it: trainable weights only, here shifted so the output must change
+    from models.anydoor_module import AnyDoorModule
+
+    module = AnyDoorModule(**TINY_MODEL_KWARGS)
+    state = {k: p.detach() + 0.05 for k, p in module.trainable_parameters().items()}
+    run = tmp_path / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(tiny_config.read_text())  # as Lightning saves it next to the checkpoints
+    torch.save({"state_dict": state, "global_step": 7}, run / "checkpoints" / "last.ckpt")
+    trained = ModuleMethod(checkpoint=str(tmp_path / "version_*" / "checkpoints" / "*.ckpt"))
+    assert "step 7" in trained.source
+    name = next(k for k in state if k.startswith("denoiser.unet.up_blocks"))
+    sub = name.removeprefix("denoiser.unet.")
+    assert torch.equal(trained.pipeline.unet.state_dict()[sub], state[name])
+    assert not torch.allclose(untrained(prepared[:1]), trained(prepared[:1]))
+    result = evaluate(load_jobs(job_folder), {"untrained": untrained, "trained": trained}, tmp_path / "eval", size=SIZE, save_images=False)
+    assert result["summary"]["trained"]["psnr_box"]["n"] == 3
+    from models.evaluation.curves import score_checkpoints
+
+    series = score_checkpoints(None, str(run / "checkpoints" / "*.ckpt"), load_jobs(job_folder)[:1], size=SIZE)
+    assert [r["step"] for r in series] == [0, 7] and all("psnr_box" in r for r in series)
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {"nope": torch.zeros(1)}}, bad)
+    with pytest.raises(ValueError, match="does not fit"):
+        ModuleMethod(tiny_config, checkpoint=bad)
+    with pytest.raises(FileNotFoundError, match="make train"):
+        ModuleMethod(tiny_config, checkpoint=str(tmp_path / "none" / "*.ckpt"))

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import yaml
+
+from models.evaluation.jobs import load_jobs, prepare_job
+from models.evaluation.shard_jobs import jobs_from_shards
+from src.cli.main import main
+
+
+def test_jobs_from_shards_are_deterministic(heldout_shards, tmp_path):
+    first = jobs_from_shards(heldout_shards, tmp_path / "a")
+    second = jobs_from_shards(heldout_shards, tmp_path / "b")
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert a["jobs"] == b["jobs"] and not a["skipped"]
+    kinds = {j["kind"] for j in a["jobs"]}
+    assert kinds == {"video", "image"}
+    for name in ("reference", "target"):
+        assert (tmp_path / "a" / a["jobs"][0][name]).read_bytes() == (tmp_path / "b" / b["jobs"][0][name]).read_bytes()
+    jobs = load_jobs(first)
+    job = prepare_job(jobs[0], 32)
+    assert job.has_mask and job.ground_truth is not None
+    assert len(jobs_from_shards(heldout_shards, tmp_path / "c", limit=1).read_text()) < len(first.read_text())
+
+
+def test_cli_eval_on_shards_with_config(heldout_shards, tmp_path):
+    out = tmp_path / "eval"
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(yaml.safe_dump({"jobs": str(heldout_shards), "out": str(out), "size": 32, "grid_rows": 2}))
+    assert main(["eval", "--config", str(cfg), "--limit", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_jobs"] == 3 and set(metrics["summary"]) == {"background", "copy_paste"}
+    assert metrics["settings"]["limit"] == 3
+    assert (out / "grid.png").is_file() and (out / "metrics.md").read_text().count("| background |") >= 1
+
+
+def test_cli_eval_generated_folder_and_errors(job_folder, tmp_path, capsys):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for job in load_jobs(job_folder):
+        (gen / f"{job.name}.png").write_bytes(job.ground_truth.read_bytes())
+    assert main(["eval", "--jobs", str(job_folder), "--out", str(tmp_path / "o"), "--size", "32", "--generated", f"mine={gen}", "--no-baselines"]) == 0
+    assert "| mine |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--jobs"):
+        main(["eval", "--out", str(tmp_path / "x")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobz: 1\n")
+    with pytest.raises(SystemExit, match="unknown keys"):
+        main(["eval", "--config", str(bad)])
+    with pytest.raises(SystemExit, match="no such job"):
+        main(["eval", "--jobs", str(tmp_path / "missing.json")])
+
+
+def test_run_placeholder_points_every_setting_at_one_run(tmp_path, job_folder):
+    from src.cli.evaluate import fill_run
+
+    spec = {"a": {"init_args": {"checkpoint": "{run}/checkpoints/last.ckpt"}}, "b": ["{run}"], "c": 3}
+    assert fill_run(spec, "/r/v1") == {"a": {"init_args": {"checkpoint": "/r/v1/checkpoints/last.ckpt"}}, "b": ["/r/v1"], "c": 3}
+    with pytest.raises(SystemExit, match="needs a training run"):
+        fill_run("{run}/x", None)
+    with pytest.raises(SystemExit, match="make train"):
+        main(["eval", "--jobs", str(job_folder), "--out", str(tmp_path), "--run", str(tmp_path / "version_*")])
