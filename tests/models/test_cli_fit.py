@@ -31,3 +31,13 @@ def test_shipped_configs_parse_without_running():
         cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
         assert cfg["model"]["class_path"] == "models.anydoor_module.AnyDoorModule"
         assert cfg["data"]["class_path"] == "datamodules.anydoor_datamodule.AnyDoorDataModule"
+
+
+def test_tiny_config_builds_the_model_it_describes():
+    from models.anydoor_module import AnyDoorModule
+
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    module = AnyDoorModule(**cfg["model"]["init_args"])
+    size = cfg["data"]["init_args"]["image_size"]
+    assert size // module.first_stage.factor == module.denoiser.unet.config.sample_size
+    assert module.noise_scheduler.config.prediction_type == "v_prediction"
