@@ -7,15 +7,6 @@ from models.pipeline import AnyDoorPipeline, Job, random_pipeline
 STEPS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread sync costs more than it saves (10x on the shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> AnyDoorPipeline:
     return random_pipeline("tiny", seed=0)

@@ -12,15 +12,6 @@ from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 MANIFEST = Path(__file__).parent / "data" / "anydoor_official_keys.tsv"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread sync costs more than it saves (10x on the shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def manifest_meta() -> dict[str, torch.Tensor]:
     out = {}
     with torch.device("meta"):

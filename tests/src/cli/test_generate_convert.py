@@ -11,14 +11,6 @@ from src.cli.main import main
 from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
