@@ -18,3 +18,12 @@ def test_lightning_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "src.cli.train", "--help"], capture_output=True, text=True, check=True)
     for name in ("fit", "validate", "test", "predict"):
         assert name in out.stdout
+
+
+
+def test_lightning_console_entry_returns_none(monkeypatch):
+    # setuptools' console script does sys.exit(main()); a returned LightningCLI object would exit 1.
+    import src.cli.train as train
+
+    monkeypatch.setattr(train, "cli_main", lambda args=None, run=True: object())
+    assert train.main() is None

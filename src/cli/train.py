@@ -25,5 +25,10 @@ def cli_main(args: Any = None, run: bool = True):
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Console-script entry: returns None so the exit status is 0 (a returned CLI object would exit 1)."""
     cli_main()
+
+
+if __name__ == "__main__":
+    main()
