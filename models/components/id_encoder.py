@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.components.weights import load_state_dict_file
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -53,20 +55,7 @@ def resample_pos_embed_like_dinov2(pos_embed: torch.Tensor, grid: tuple[int, int
 
 def load_vit_state_dict(path: str | Path, vit: nn.Module) -> dict[str, torch.Tensor]:
     """Read a DINOv2 release ``.pth`` or a timm ``.safetensors``/``.pth`` file into timm key names."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ID encoder weights not found: {path}")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for corrupt / pickled files
-            raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({err})") from err
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = load_state_dict_file(path)
     state = {k.removeprefix("vit."): v for k, v in state.items()}
     # Original release keys (mask_token, blocks.N.mlp.w12/w3, block chunks) -> timm names.
     state = {_unchunk(k): v for k, v in state.items()}

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.components.weights import load_state_dict_file
+
 
 def object_on_white(image: Tensor, mask: Tensor | None = None, box: Sequence[int] | None = None, size: int = 224) -> Tensor:
     """Cut the object out of ``image`` (3 x H x W in [0, 1]) onto white, pad it square, resize to ``size``.
@@ -40,28 +42,6 @@ def object_on_white(image: Tensor, mask: Tensor | None = None, box: Sequence[int
     top, left = (side - h) // 2, (side - w) // 2
     obj = F.pad(obj, (left, side - w - left, top, side - h - top), value=1.0)
     return F.interpolate(obj[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a safetensors or torch file safely (``weights_only``), unwrapping ``state_dict``/``model``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors come in many types; name the file
-            raise ValueError(f"{path}: not a readable weights-only torch file ({err})") from err
-    for key in ("state_dict", "model", "teacher"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    return state
 
 
 class DinoScorer(nn.Module):
