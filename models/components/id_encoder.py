@@ -103,11 +103,14 @@ class IDEncoder(nn.Module):
         if weights:
             self.load_vit_weights(weights)
         self.projector = nn.Linear(self.vit.embed_dim, out_dim)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._register_normalisation()
         self.vit.requires_grad_(False)
         self.vit.eval()
         self.projector.requires_grad_(train_projector)
+
+    def _register_normalisation(self) -> None:
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> "IDEncoder":
         super().train(mode)
@@ -165,8 +168,15 @@ class IDEncoder(nn.Module):
         for p in (cfg_path, weights_path):
             if not p.is_file():
                 raise FileNotFoundError(f"ID encoder folder is missing {p}")
-        model = cls(**json.loads(cfg_path.read_text()))
-        missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
+        # Built on the meta device and filled by assignment: a random ViT-g init costs ~20 s and a
+        # second 4.3 GB copy of the weights.
+        with torch.device("meta"):
+            model = cls(**json.loads(cfg_path.read_text()))
+        missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False, assign=True)
         if missing or unexpected:
             raise ValueError(f"{weights_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model._register_normalisation()  # not in the file: meta until now
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise ValueError(f"{weights_path}: no values for {left[:5]}")
         return model

@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.layers import SwiGLUPacked, resample_abs_pos_embed
 
 from models.components.id_encoder import IDEncoder, resample_pos_embed_like_dinov2
@@ -106,3 +106,16 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     x = torch.rand(1, 3, 224, 224)
     assert torch.equal(again(x), enc(x))
     assert torch.equal(again.projector.weight, enc.projector.weight)
+    assert not any(t.is_meta for t in [*again.parameters(), *again.buffers()])
+    assert again.projector.weight.requires_grad and not any(p.requires_grad for p in again.vit.parameters())
+
+
+def test_from_pretrained_names_the_file_when_a_weight_is_missing(tmp_path):
+    enc = _encoder()
+    enc.save_pretrained(tmp_path / "id_encoder")
+    weights = tmp_path / "id_encoder" / "model.safetensors"
+    state = load_file(str(weights))
+    state.pop("projector.bias")
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match="model.safetensors.*projector.bias"):
+        IDEncoder.from_pretrained(tmp_path / "id_encoder")
