@@ -87,6 +87,24 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
     assert np.array_equal(run(pipe, job).images[0], run(loaded, job).images[0])
 
 
+def test_loaded_convolutional_parts_own_their_memory(pipe, tmp_path):
+    """On CPU their weights are copied out of the mapped files (in channels-last): overwriting a file
+    in place after loading changes nothing, and use_channels_last has nothing left to copy."""
+    pipe.save_pretrained(tmp_path / "m")
+    loaded = AnyDoorPipeline.from_pretrained(tmp_path / "m")
+    before = {k: v.clone() for k, v in loaded.unet.state_dict().items()}
+    weights = tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"
+    header = 8 + int.from_bytes(weights.read_bytes()[:8], "little")
+    with open(weights, "r+b") as f:
+        f.seek(header)
+        f.write(bytes(weights.stat().st_size - header))
+    assert all(torch.equal(v, before[k]) for k, v in loaded.unet.state_dict().items())
+    conv = loaded.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    loaded.use_channels_last(True)
+    assert loaded.unet.conv_in.weight.data_ptr() == conv.data_ptr()
+
+
 def test_unconditional_branch_is_black_reference_with_the_collage(pipe, monkeypatch):
     ref, target = scene()
     prepared = pipe.prepare(Job(ref, target, box=(60, 40, 120, 110)))
