@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_infer                       # full-size architecture, random weights
     python -m benchmarks.bench_infer --size tiny --e2e-steps 50 --scheduler ddim
+    python -m benchmarks.bench_infer --model outputs/tiny/version_0/export/pretrained --compare-solvers
 
 Random weights (no download); the timings are those of the real architecture. On CPU the thread
 count is fixed (default 2, the issue's reference setting). The reference numbers in REFERENCE_CPU
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only compare DPM-Solver++ / DDIM step counts against DDIM 50 (use with --size tiny)")
     parser.add_argument("--contiguous", action="store_true", help="NCHW convolutions (default: channels_last)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--model", default=None,
+                        help="a pretrained folder (e.g. a make-train export) instead of random weights; overrides --size")
     args = parser.parse_args(argv)
 
     from models.pipeline import random_pipeline
@@ -121,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     res: dict[str, object] = {"load_average_start": _load(), "size": args.size, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                               "threads": torch.get_num_threads() if device.type == "cpu" else None}
-    t, pipe = _timed(lambda: random_pipeline(args.size, seed=0).to(device, dtype), device)
+    if args.model:
+        from models.pipeline import AnyDoorPipeline
+
+        res["model"] = args.model
+        res["size"] = None
+        t, pipe = _timed(lambda: AnyDoorPipeline.from_pretrained(args.model).to(device, dtype), device)
+    else:
+        t, pipe = _timed(lambda: random_pipeline(args.size, seed=0).to(device, dtype), device)
     pipe.use_channels_last(not args.contiguous)
     if args.compare_solvers:
         res["solver_mean_abs_diff_levels"] = compare_solvers(pipe, make_job())
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     res["load_average_end"] = _load()  # the CPU is shared: a load above the thread count inflates timings
     if device.type == "cuda":
         res["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    if args.size == "full" and device.type == "cpu" and res["threads"] == 2:
+    if res["size"] == "full" and device.type == "cpu" and res["threads"] == 2:
         res["reference_cpu"] = REFERENCE_CPU
         res["guided_step_vs_reference"] = round(res["guided_step_s"] / REFERENCE_CPU["guided_step_s"], 3)
     print(json.dumps(res, indent=2))
