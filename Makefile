@@ -9,10 +9,10 @@ CONFIG ?= configs/tiny.yaml
 TEST_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all train shards eval bench bench-data bench-train bench-infer clean
+.PHONY: help install test test-all train shards eval bench bench-data bench-train bench-infer bench-convert clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-train: $(STAMP)  ## training step time and peak memory (tiny on CPU; full 
 
 bench-infer: $(STAMP)  ## one generation, part by part, and peak memory
 	$(PY) -m benchmarks.bench_infer
+
+BENCH_DIR ?= /tmp/anydoor-bench-convert
+bench-convert: $(STAMP)  ## convert a synthesised full-size authors' checkpoint (needs ~23 GB free disk in BENCH_DIR)
+	$(PY) -m benchmarks.bench_convert --workdir $(BENCH_DIR)
 
 clean:  ## remove outputs and generated data (keeps .venv)
 	rm -rf outputs $(DATA)
