@@ -18,12 +18,15 @@ _CONVERTIBLE = {"L": "grayscale", "LA": "grayscale", "RGBA": "rgba", "CMYK": "cm
 
 
 def _open(source: str | Path | bytes, name: str) -> Image.Image:
+    im = None
     try:
         im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         im.load()  # forces a full decode: truncated files raise here
     except FileNotFoundError:
         raise BadInput(name, "missing_file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if im is not None:
+            im.close()  # opened, then failed to decode: do not leak the file handle
         raise BadInput(name, "corrupt_image", str(e)[:120]) from None
     return im
 
