@@ -1,7 +1,8 @@
-"""Training callbacks: frequency-aware timesteps, sample grids, exports."""
+"""Training callbacks: frequency-aware timesteps, sample grids, exports, a max_time-aware progress bar."""
 
 from callbacks.export import ExportOnTrainEnd, export_checkpoint
+from callbacks.progress import TimeBudgetProgressBar
 from callbacks.sample_logger import SampleLogger
 from callbacks.timesteps import FrequencyAwareTimesteps
 
-__all__ = ["ExportOnTrainEnd", "FrequencyAwareTimesteps", "SampleLogger", "export_checkpoint"]
+__all__ = ["ExportOnTrainEnd", "FrequencyAwareTimesteps", "SampleLogger", "TimeBudgetProgressBar", "export_checkpoint"]
