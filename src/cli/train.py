@@ -6,6 +6,7 @@ Model, datamodule, callbacks and trainer come from YAML with ``class_path``/``in
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 
@@ -14,6 +15,8 @@ def cli_main(args: Any = None, run: bool = True):
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
+    # The frozen DINOv2, VAE and U-Net encoder stay in eval mode on purpose (no dropout, fixed norms).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     return LightningCLI(
         LightningModule,
         LightningDataModule,
