@@ -264,12 +264,13 @@ class AnyDoorModule(LightningModule):
 
     def save_pretrained(self, directory: str, use_ema: bool = True) -> None:
         """Write the pretrained layout of docs/design.md (every part, frozen ones included)."""
-        import json
+        from contextlib import nullcontext
         from pathlib import Path
+
+        from models.pipeline import write_model_index
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        from contextlib import nullcontext
 
         ctx = self.ema.swapped_in() if (use_ema and self.ema is not None) else nullcontext()
         with ctx:
@@ -278,15 +279,7 @@ class AnyDoorModule(LightningModule):
             self.first_stage.save_pretrained(out / "vae")
             self.id_encoder.save_pretrained(out / "id_encoder")
         DDIMScheduler(**self.scheduler_config(), set_alpha_to_one=False).save_pretrained(str(out / "scheduler"))
-        index = {
-            "_class_name": "AnyDoorPipeline",
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "controlnet": ["diffusers", "ControlNetModel"],
-            "vae": (["diffusers", "AutoencoderKL"] if type(self.first_stage).__name__ == "VAEFirstStage"
-                    else ["models.components.first_stage", type(self.first_stage).__name__]),
-            "id_encoder": ["models.components.id_encoder", "IDEncoder"],
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "sample_steps": self.hparams.sample_steps,
-            "guidance_scale": self.hparams.guidance_scale,
-        }
-        (out / "model_index.json").write_text(json.dumps(index, indent=2))
+        first_stage = "AutoencoderKL" if type(self.first_stage).__name__ == "VAEFirstStage" else type(self.first_stage).__name__
+        write_model_index(out, first_stage, "DDIMScheduler", sampling={  # what this recipe samples with
+            "sample_scheduler": "ddim", "sample_steps": self.hparams.sample_steps,
+            "guidance_scale": self.hparams.guidance_scale})

@@ -27,6 +27,11 @@ from src.conditioning import DEFAULT_BOX_GROW, DEFAULT_CROP_GROW, prepare_refere
 
 PARTS = ("id_encoder", "controlnet", "unet", "vae", "scheduler")
 SCHEDULERS = ("ddim", "dpm")
+DEFAULT_STEPS = {"ddim": 50, "dpm": 20}
+DEFAULT_GUIDANCE = 5.0
+# Optional keys of model_index.json: the sampler a model was trained for (e.g. the tiny default's one
+# trailing DDIM step without guidance); used when a call does not say.
+SAMPLING_KEYS = ("sample_scheduler", "sample_steps", "guidance_scale")
 
 
 @dataclass
@@ -52,8 +57,9 @@ class AnyDoorOutput:
 
 
 def write_model_index(directory: str | Path, first_stage: str = "AutoencoderKL",
-                      scheduler: str = "DDIMScheduler") -> Path:
-    """``model_index.json``: which class each sub-folder holds (diffusers convention)."""
+                      scheduler: str = "DDIMScheduler", sampling: dict[str, Any] | None = None) -> Path:
+    """``model_index.json``: which class each sub-folder holds (diffusers convention), plus the
+    model's recommended sampling (``SAMPLING_KEYS``) when given."""
     import diffusers
 
     fs_lib = "diffusers" if first_stage == "AutoencoderKL" else "models.components.first_stage"
@@ -66,6 +72,10 @@ def write_model_index(directory: str | Path, first_stage: str = "AutoencoderKL",
         "vae": [fs_lib, first_stage],
         "scheduler": ["diffusers", scheduler],
     }
+    unknown = set(sampling or {}) - set(SAMPLING_KEYS)
+    if unknown:
+        raise ValueError(f"unknown sampling keys {sorted(unknown)}; known: {SAMPLING_KEYS}")
+    index.update(sampling or {})
     path = Path(directory) / "model_index.json"
     path.write_text(json.dumps(index, indent=2) + "\n")
     return path
@@ -94,7 +104,7 @@ class AnyDoorPipeline:
     """Components as attributes: ``id_encoder``, ``controlnet``, ``unet``, ``vae`` (first stage), ``scheduler``."""
 
     def __init__(self, id_encoder: IDEncoder, controlnet: nn.Module, unet: nn.Module, vae: nn.Module,
-                 scheduler: Any, crop_size: int | None = None) -> None:
+                 scheduler: Any, crop_size: int | None = None, sampling: dict[str, Any] | None = None) -> None:
         if controlnet.conv_in.weight.abs().max() > 0:
             raise ValueError("controlnet.conv_in must be zero: AnyDoor's ControlNet never sees the noisy latent")
         self.id_encoder = id_encoder.eval()
@@ -106,6 +116,23 @@ class AnyDoorPipeline:
         self._uncond_cache: tuple[Any, torch.Tensor] | None = None
         self._channels_last = False
         self.crop_size = int(crop_size or unet.config.sample_size * vae.factor)
+        self.sampling_defaults = {k: v for k, v in (sampling or {}).items() if k in SAMPLING_KEYS}
+
+    def sampling_settings(self, scheduler: str | None = None, steps: int | None = None,
+                          guidance: float | None = None, default_scheduler: str = "ddim") -> tuple[str, int, float]:
+        """(scheduler, steps, guidance): what the call says, else what the model folder recommends
+        (``sampling_defaults``; its step count only for its own scheduler), else ``default_scheduler``
+        with DDIM 50 / DPM-Solver++ 20 steps and guidance 5."""
+        rec = self.sampling_defaults
+        rec_scheduler = rec.get("sample_scheduler", "ddim")
+        scheduler = scheduler or (rec_scheduler if "sample_steps" in rec else default_scheduler)
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        if steps is None:
+            steps = rec["sample_steps"] if "sample_steps" in rec and scheduler == rec_scheduler else DEFAULT_STEPS[scheduler]
+        if guidance is None:
+            guidance = rec.get("guidance_scale", DEFAULT_GUIDANCE)
+        return scheduler, int(steps), float(guidance)
 
     # ------------------------------------------------------------------------------ persistence
 
@@ -136,7 +163,9 @@ class AnyDoorPipeline:
                 parts[name] = load(directory / name)
             except (OSError, ValueError, KeyError) as err:  # diffusers reports missing weights as OSError
                 raise FileNotFoundError(f"model folder {directory}: cannot load {name}/ ({err})") from err
-        pipe = cls(**parts)
+        index_path = directory / "model_index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        pipe = cls(**parts, sampling={k: index[k] for k in SAMPLING_KEYS if k in index})
         if torch.device(device or "cpu").type == "cpu" and torch_dtype in (None, pipe.dtype):
             # .to() below copies nothing; copy once, straight into the faster CPU layout (ViT: no convs)
             for name in ("controlnet", "unet", "vae"):
@@ -153,7 +182,7 @@ class AnyDoorPipeline:
         self.vae.save_pretrained(directory / "vae")
         self.scheduler.save_pretrained(str(directory / "scheduler"))
         first_stage = "AutoencoderKL" if isinstance(self.vae, VAEFirstStage) else type(self.vae).__name__  # noqa
-        write_model_index(directory, first_stage, type(self.scheduler).__name__)
+        write_model_index(directory, first_stage, type(self.scheduler).__name__, self.sampling_defaults)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "AnyDoorPipeline":
         if dtype == self.dtype:
@@ -303,9 +332,9 @@ class AnyDoorPipeline:
         self,
         jobs: Job | Sequence[Job],
         *,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        scheduler: str = "ddim",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
         timestep_spacing: str | None = None,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -317,9 +346,12 @@ class AnyDoorPipeline:
         latents: torch.Tensor | None = None,
         progress: bool = True,
     ) -> AnyDoorOutput:
-        """Generate one image per job (a batch when several). ``mask_channel="mask"`` puts a target
-        mask's shape (not its box) in the collage's location channel. ``margin``/``feather``: see
-        ``CropTransform.paste_back``."""
+        """Generate one image per job (a batch when several). Sampler, steps and guidance left out come
+        from ``sampling_settings`` (the model folder's recommendation, else DDIM 50 steps, guidance 5).
+        ``mask_channel="mask"`` puts a target mask's shape (not its box) in the collage's location
+        channel. ``margin``/``feather``: see ``CropTransform.paste_back``."""
+        scheduler, num_inference_steps, guidance_scale = self.sampling_settings(
+            scheduler, num_inference_steps, guidance_scale)
         jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
         if not jobs:
             raise ValueError("no jobs given")

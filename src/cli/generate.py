@@ -34,11 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--out-dir", default="outputs/generate", help="where jobs without 'out' are written")
     batch.add_argument("--batch-size", type=int, default=1, help="jobs per forward pass")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pretrained folder (anydoor convert / save_pretrained)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 20 for dpm, 50 for ddim)")
-    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: the model folder's recommendation, else 20 for dpm, 50 for ddim)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale, 1 = off (default: the model folder's, else 5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scheduler", choices=("ddim", "dpm"), default="dpm",
-                        help="dpm (DPM-Solver++ 2M, default, 20 steps) or ddim (the authors' sampler, 50 steps)")
+    parser.add_argument("--scheduler", choices=("ddim", "dpm"), default=None,
+                        help="dpm (DPM-Solver++ 2M, 20 steps) or ddim (the authors' sampler, 50 steps); default: "
+                             "the sampler the model folder recommends (a make-train export: its one DDIM step), else dpm")
     parser.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
                         help="override the timestep spacing (default: trailing for dpm, the saved "
                              "config's for ddim: the authors' leading)")
@@ -157,6 +160,8 @@ def _collage_preview(collage):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.steps is not None and args.steps < 1:
+        raise SystemExit(f"anydoor generate: --steps must be >= 1, got {args.steps}")
     if args.jobs is None:
         missing = [f"--{n}" for n in ("ref", "target", "out") if getattr(args, n) is None]
         if args.box is None and args.mask is None:
@@ -186,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"anydoor generate: {err}") from err
     pipe.use_channels_last(device.type == "cpu")  # faster oneDNN convolutions (docs/inference.md)
 
-    steps = args.steps or (20 if args.scheduler == "dpm" else 50)
+    scheduler, steps, guidance = pipe.sampling_settings(args.scheduler, args.steps, args.guidance, default_scheduler="dpm")
+    print(f"sampling: {scheduler}, {steps} step(s), guidance {guidance:g}", file=sys.stderr)
     out_dir = Path(args.out_dir)
     mask_channel = "mask" if args.mask_shape else "box"
     failed: list[str] = []
@@ -210,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
         if not jobs:
             continue
         try:
-            result = pipe(jobs, num_inference_steps=steps, guidance_scale=args.guidance,
-                          scheduler=args.scheduler, timestep_spacing=args.timestep_spacing, generator=gens,
+            result = pipe(jobs, num_inference_steps=steps, guidance_scale=guidance,
+                          scheduler=scheduler, timestep_spacing=args.timestep_spacing, generator=gens,
                           crop_ratio=args.crop_ratio, mask_channel=mask_channel,
                           margin=args.margin, feather=args.feather, progress=len(records) == 1)
         except ValueError as err:

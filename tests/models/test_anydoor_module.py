@@ -124,6 +124,11 @@ def test_save_pretrained_layout(tiny_module, tmp_path):
         assert (tmp_path / "pretrained" / part / "config.json").is_file() or \
             (tmp_path / "pretrained" / part / "scheduler_config.json").is_file(), part
     assert (tmp_path / "pretrained" / "model_index.json").is_file()
+    from models.pipeline import AnyDoorPipeline
+
+    pipe = AnyDoorPipeline.from_pretrained(tmp_path / "pretrained")  # the recipe's own sampler comes along
+    assert pipe.sampling_defaults == {"sample_scheduler": "ddim", "sample_steps": tiny_module.hparams.sample_steps,
+                                      "guidance_scale": tiny_module.hparams.guidance_scale}
 
 
 def test_mismatched_hint_and_first_stage_is_rejected():

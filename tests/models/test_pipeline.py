@@ -87,6 +87,35 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
     assert np.array_equal(run(pipe, job).images[0], run(loaded, job).images[0])
 
 
+def test_sampling_settings_precedence(pipe):
+    assert pipe.sampling_settings() == ("ddim", 50, 5.0)  # no recommendation: the authors' sampler
+    assert pipe.sampling_settings(default_scheduler="dpm") == ("dpm", 20, 5.0)
+    rec = random_pipeline("tiny", seed=0)
+    rec.sampling_defaults = {"sample_scheduler": "ddim", "sample_steps": 1, "guidance_scale": 1.0}
+    assert rec.sampling_settings(default_scheduler="dpm") == ("ddim", 1, 1.0)
+    assert rec.sampling_settings("dpm") == ("dpm", 20, 1.0)  # its step count is for its own sampler
+    assert rec.sampling_settings("ddim", 7, 3.0) == ("ddim", 7, 3.0)
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        rec.sampling_settings("euler")
+
+
+def test_recommended_sampling_round_trips_and_is_used(tmp_path):
+    rec = random_pipeline("tiny", seed=0)
+    rec.sampling_defaults = {"sample_scheduler": "ddim", "sample_steps": 2, "guidance_scale": 1.0}
+    rec.save_pretrained(tmp_path / "m")
+    loaded = AnyDoorPipeline.from_pretrained(tmp_path / "m")
+    assert loaded.sampling_defaults == rec.sampling_defaults
+    ref, target = scene()
+    job = Job(ref, target, box=(60, 40, 120, 110))
+    implicit = loaded(job, generator=torch.Generator().manual_seed(0), progress=False)
+    explicit = loaded(job, num_inference_steps=2, guidance_scale=1.0, scheduler="ddim",
+                      generator=torch.Generator().manual_seed(0), progress=False)
+    other = loaded(job, num_inference_steps=3, guidance_scale=1.0, scheduler="ddim",
+                   generator=torch.Generator().manual_seed(0), progress=False)
+    assert np.array_equal(implicit.crops[0], explicit.crops[0])
+    assert not np.array_equal(implicit.crops[0], other.crops[0])
+
+
 def test_loaded_convolutional_parts_own_their_memory(pipe, tmp_path):
     """On CPU their weights are copied out of the mapped files (in channels-last): overwriting a file
     in place after loading changes nothing, and use_channels_last has nothing left to copy."""

@@ -66,6 +66,24 @@ def test_generate_batch_json_and_csv_skips_bad_jobs(files, tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "c.png")), np.asarray(Image.open(tmp_path / "j0.png")))
 
 
+def test_generate_uses_the_model_folders_sampler_unless_told(files, tmp_path, capsys):
+    model = tmp_path / "recipe_model"
+    pipe = random_pipeline("tiny", seed=0)
+    pipe.sampling_defaults = {"sample_scheduler": "ddim", "sample_steps": 1, "guidance_scale": 1.0}
+    pipe.save_pretrained(model)
+    common = ["generate", "--ref", str(files / "ref.png"), "--target", str(files / "scene.png"),
+              "--box", "40", "30", "90", "70"]
+    assert main(common + ["--model", str(model), "--out", str(tmp_path / "a.png")]) == 0
+    assert "sampling: ddim, 1 step(s), guidance 1" in capsys.readouterr().err
+    assert main(common + ["--model", str(model), "--scheduler", "ddim", "--steps", "1", "--guidance", "1",
+                          "--out", str(tmp_path / "b.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+    assert main(common + ["--model", str(files / "model"), "--steps", "2", "--out", str(tmp_path / "c.png")]) == 0
+    assert "sampling: dpm, 2 step(s), guidance 5" in capsys.readouterr().err  # no recommendation
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        main(common + ["--model", str(model), "--steps", "0", "--out", str(tmp_path / "d.png")])
+
+
 def test_generate_usage_errors(files, tmp_path):
     with pytest.raises(SystemExit, match="missing --out"):
         main(["generate", "--ref", "a.png", "--target", "b.png", "--box", "1", "2", "3", "4"])
