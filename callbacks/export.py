@@ -37,7 +37,7 @@ class ExportOnTrainEnd(Callback):
         # A stop by max_time lands between ModelCheckpoint's saves: write the true last step (all ranks).
         ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
         if ckpt_dir:
-            trainer.save_checkpoint(str(Path(ckpt_dir) / "last.ckpt"))
+            trainer.save_checkpoint(str(Path(ckpt_dir) / "last.ckpt"), weights_only=False)  # resumable
         if not trainer.is_global_zero:
             return
         out = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "export"
