@@ -8,7 +8,6 @@ reference object, placed the way the collage places its high-frequency map.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,8 +97,9 @@ def latest(pattern: str | Path) -> Path:
 class PipelineMethod:
     """Generate with an ``AnyDoorPipeline`` from a pretrained folder (``*`` picks the newest match).
 
-    ``steps`` / ``guidance`` default to the folder's ``model_index.json`` (``sample_steps``,
-    ``guidance_scale``: what the training recipe samples with), else 50 and 5.0. Each job's noise is
+    ``scheduler`` / ``steps`` / ``guidance`` default to what the folder recommends (its
+    ``model_index.json``: the training recipe's sampler), else DDIM 50 steps, guidance 5 (see
+    ``AnyDoorPipeline.sampling_settings``). Each job's noise is
     seeded from ``seed`` and the job's name, so outputs do not depend on the batch and every model
     draws the same noise for the same job.
     """
@@ -110,24 +110,20 @@ class PipelineMethod:
         steps: int | None = None,
         guidance: float | None = None,
         seed: int = 0,
-        scheduler: str = "ddim",
+        scheduler: str | None = None,
         device: str = "cpu",
     ):
-        index: dict = {}
         if isinstance(model, (str, Path)):
             from models.pipeline import AnyDoorPipeline
 
             folder = latest(model)
-            if (folder / "model_index.json").is_file():
-                index = json.loads((folder / "model_index.json").read_text())
             model = AnyDoorPipeline.from_pretrained(folder)
             self.source = str(folder)
         else:
             self.source = type(model).__name__
         self.pipeline = model.to(device=device)
-        self.steps = int(steps if steps is not None else index.get("sample_steps", 50))
-        self.guidance = float(guidance if guidance is not None else index.get("guidance_scale", 5.0))
-        self.seed, self.scheduler, self.device = seed, scheduler, device
+        self.scheduler, self.steps, self.guidance = self.pipeline.sampling_settings(scheduler, steps, guidance)
+        self.seed, self.device = seed, device
 
     @property
     def size(self) -> int:
@@ -175,7 +171,7 @@ class ModuleMethod(PipelineMethod):
         steps: int | None = None,
         guidance: float | None = None,
         seed: int = 0,
-        scheduler: str = "ddim",
+        scheduler: str | None = None,
         device: str = "cpu",
     ):
         import tempfile
