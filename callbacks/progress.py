@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Timer, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 
 def batches_within_budget(done: int, elapsed_s: float, remaining_s: float) -> int:
@@ -43,7 +44,7 @@ class TimeBudgetProgressBar(TQDMProgressBar):
         done_total = trainer.fit_loop.total_batch_idx + 1  # all epochs of this run
         if bar is not None and remaining is not None and done_total >= self.warmup_batches:
             left = batches_within_budget(done_total, time.monotonic() - self._start, remaining) - done_total
-            nominal = self.total_train_batches
+            nominal = convert_inf(self.total_train_batches)  # None when unknown or infinite
             estimate = batch_idx + 1 + left
-            bar.total = estimate if not isinstance(nominal, (int, float)) or math.isinf(nominal) else min(nominal, estimate)
+            bar.total = estimate if nominal is None else min(nominal, estimate)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -267,6 +267,7 @@ class AnyDoorModule(LightningModule):
         from contextlib import nullcontext
         from pathlib import Path
 
+        from models.components.first_stage import saved_class_name
         from models.pipeline import write_model_index
 
         out = Path(directory)
@@ -279,7 +280,6 @@ class AnyDoorModule(LightningModule):
             self.first_stage.save_pretrained(out / "vae")
             self.id_encoder.save_pretrained(out / "id_encoder")
         DDIMScheduler(**self.scheduler_config(), set_alpha_to_one=False).save_pretrained(str(out / "scheduler"))
-        first_stage = "AutoencoderKL" if type(self.first_stage).__name__ == "VAEFirstStage" else type(self.first_stage).__name__
-        write_model_index(out, first_stage, "DDIMScheduler", sampling={  # what this recipe samples with
+        write_model_index(out, saved_class_name(self.first_stage), "DDIMScheduler", sampling={  # what this recipe samples with
             "sample_scheduler": "ddim", "sample_steps": self.hparams.sample_steps,
             "guidance_scale": self.hparams.guidance_scale})

@@ -21,7 +21,7 @@ from torch import nn
 
 from models.components.denoiser import AnyDoorDenoiser
 from models.components.detail_extractor import load_detail_extractor
-from models.components.first_stage import SpaceToDepthFirstStage, VAEFirstStage, load_first_stage
+from models.components.first_stage import SpaceToDepthFirstStage, VAEFirstStage, load_first_stage, saved_class_name
 from models.components.id_encoder import IDEncoder
 from src.conditioning import DEFAULT_BOX_GROW, DEFAULT_CROP_GROW, prepare_reference, prepare_target
 
@@ -87,6 +87,18 @@ def _check_uint8_image(image: Any, what: str, channels: tuple[int, ...] = (3,)) 
         raise ValueError(f"{what} must be uint8 H x W x {'/'.join(map(str, channels))}, "
                          f"got {image.dtype} {image.shape}")
     return image
+
+
+def _check_mask(mask: Any, hw: tuple[int, int], what: str) -> np.ndarray:
+    """An ``H x W`` (or ``H x W x C``, first channel) mask of the image's size with an object: uint8 {0, 1}."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape != tuple(hw):
+        raise ValueError(f"{what} is {mask.shape[1]} x {mask.shape[0]}, its image {hw[1]} x {hw[0]}")
+    if not mask.any():
+        raise ValueError(f"{what} is empty (no object pixel)")
+    return (mask > 0).astype(np.uint8)
 
 
 def _check_box(box: Sequence[int], hw: tuple[int, int], what: str) -> tuple[int, int, int, int]:
@@ -181,8 +193,7 @@ class AnyDoorPipeline:
         self.unet.save_pretrained(str(directory / "unet"))
         self.vae.save_pretrained(directory / "vae")
         self.scheduler.save_pretrained(str(directory / "scheduler"))
-        first_stage = "AutoencoderKL" if isinstance(self.vae, VAEFirstStage) else type(self.vae).__name__  # noqa
-        write_model_index(directory, first_stage, type(self.scheduler).__name__, self.sampling_defaults)
+        write_model_index(directory, saved_class_name(self.vae), type(self.scheduler).__name__, self.sampling_defaults)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "AnyDoorPipeline":
         if dtype == self.dtype:
@@ -239,14 +250,7 @@ class AnyDoorPipeline:
                     raise ValueError("reference has no mask: give a reference mask or an RGBA reference")
                 ref_mask = ref[..., 3] > 127
             ref = np.ascontiguousarray(ref[..., :3])
-            ref_mask = np.asarray(ref_mask)
-            if ref_mask.ndim == 3:
-                ref_mask = ref_mask[..., 0]
-            if ref_mask.shape != ref.shape[:2]:
-                raise ValueError(f"reference mask is {ref_mask.shape[1]} x {ref_mask.shape[0]}, "
-                                 f"its image {ref.shape[1]} x {ref.shape[0]}")
-            if not ref_mask.any():
-                raise ValueError("reference mask is empty (no object pixel)")
+            ref_mask = _check_mask(ref_mask, ref.shape[:2], "reference mask")
             target = _check_uint8_image(job.target, "target image")
             if (job.box is None) == (job.target_mask is None):
                 raise ValueError("give exactly one of a target box and a target mask")
@@ -254,17 +258,9 @@ class AnyDoorPipeline:
                 where: Any = _check_box(job.box, target.shape[:2], "target")
                 mode = "box"
             else:
-                where = np.asarray(job.target_mask)
-                if where.ndim == 3:
-                    where = where[..., 0]
-                if where.shape != target.shape[:2]:
-                    raise ValueError(f"target mask is {where.shape[1]} x {where.shape[0]}, "
-                                     f"the target image {target.shape[1]} x {target.shape[0]}")
-                if not where.any():
-                    raise ValueError("target mask is empty (no object pixel)")
-                where = (where > 0).astype(np.uint8)
+                where = _check_mask(job.target_mask, target.shape[:2], "target mask")
                 mode = mask_channel
-            reference = prepare_reference(ref, (ref_mask > 0).astype(np.uint8), rng=None,
+            reference = prepare_reference(ref, ref_mask, rng=None,
                                           size=self.id_encoder.image_size)
             prepared = prepare_target(target, where, reference, rng=None, size=self.crop_size,
                                       mask_channel=mode, box_ratio=box_ratio, crop_ratio=crop_ratio)

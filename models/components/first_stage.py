@@ -82,6 +82,11 @@ class VAEFirstStage(nn.Module):
         return cls(AutoencoderKL.from_pretrained(str(directory)))
 
 
+def saved_class_name(first_stage: nn.Module) -> str:
+    """The class ``model_index.json`` names for a first stage (a VAE is saved as diffusers' own)."""
+    return "AutoencoderKL" if isinstance(first_stage, VAEFirstStage) else type(first_stage).__name__
+
+
 def load_first_stage(directory: str | Path) -> nn.Module:
     """Read either first stage from a pretrained ``vae/`` folder (decided by its config)."""
     cfg = json.loads((Path(directory) / "config.json").read_text())
