@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from datamodules.components.pairs import PairBuilder
-from datamodules.components.pipeline import TrainStream, ValStream
+from datamodules.components.streams import TrainStream, ValStream
 from datamodules.components.shard_lists import resolve
 
 log = logging.getLogger(__name__)

@@ -85,15 +85,15 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings["methods"] = dict(settings.get("methods") or {})
     settings["scorers"] = dict(settings.get("scorers") or {})
     for name, folder in map(_named, args.model):
-        settings["methods"][name] = {"class_path": "models.evaluation.methods.PipelineMethod", "init_args": {"model": folder}}
+        settings["methods"][name] = {"class_path": "evaluation.methods.PipelineMethod", "init_args": {"model": folder}}
     for name, folder in map(_named, args.generated):
-        settings["methods"][name] = {"class_path": "models.evaluation.methods.FromFolder", "init_args": {"folder": folder}}
+        settings["methods"][name] = {"class_path": "evaluation.methods.FromFolder", "init_args": {"folder": folder}}
     if args.dino:
-        settings["scorers"]["dino_i"] = {"class_path": "models.evaluation.identity.DinoScorer", "init_args": {"model_name": args.dino[0], "weights": args.dino[1]}}
+        settings["scorers"]["dino_i"] = {"class_path": "evaluation.identity.DinoScorer", "init_args": {"model_name": args.dino[0], "weights": args.dino[1]}}
     if args.clip:
         if len(args.clip) > 2:
             raise SystemExit("anydoor eval: --clip takes MODEL [WEIGHTS]")
-        settings["scorers"]["clip_i"] = {"class_path": "models.evaluation.identity.ClipScorer", "init_args": dict(zip(("model", "weights"), args.clip))}
+        settings["scorers"]["clip_i"] = {"class_path": "evaluation.identity.ClipScorer", "init_args": dict(zip(("model", "weights"), args.clip))}
     if not settings["jobs"]:
         raise SystemExit("anydoor eval: give --jobs (or jobs: in --config)")
     return settings
@@ -127,11 +127,11 @@ def _model_overrides(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from models.evaluation.curves import plot_training, read_scalars, score_checkpoints
-    from models.evaluation.jobs import load_jobs
-    from models.evaluation.methods import BackgroundFill, CopyPaste, latest
-    from models.evaluation.runner import evaluate, markdown_table
-    from models.evaluation.shard_jobs import jobs_from_shards
+    from evaluation.curves import plot_training, read_scalars, score_checkpoints
+    from evaluation.jobs import load_jobs
+    from evaluation.methods import BackgroundFill, CopyPaste, latest
+    from evaluation.runner import evaluate, markdown_table
+    from evaluation.shard_jobs import jobs_from_shards
 
     settings = load_settings(args)
     if settings["run"]:
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if settings["limit"] is not None:
         jobs = jobs[: settings["limit"]]
 
-    from models.evaluation.runner import instantiate
+    from evaluation.runner import instantiate
 
     methods: dict[str, Any] = {}
     if settings["baselines"]:

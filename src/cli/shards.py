@@ -59,10 +59,10 @@ def _readers(args: argparse.Namespace) -> list[tuple[object, int]]:
     """(reader, items per shard) for the chosen source; synthetic writes its raw files first."""
     from pathlib import Path
 
-    from datamodules.components.filters import MaskRules
-    from datamodules.components.sources.images import CocoReader, SA1BReader
-    from datamodules.components.sources.video import VideoReader
-    from datamodules.components.sources.vos import VOSReader
+    from datamodules.packing.filters import MaskRules
+    from datamodules.packing.sources.images import CocoReader, SA1BReader
+    from datamodules.packing.sources.video import VideoReader
+    from datamodules.packing.sources.vos import VOSReader
 
     rules = MaskRules(args.min_area, args.max_area, args.min_connectivity, args.min_box_side)
     track = dict(frames_per_track=args.frames_per_track, min_frames=args.min_frames, rules=rules)
@@ -83,7 +83,7 @@ def _readers(args: argparse.Namespace) -> list[tuple[object, int]]:
     if args.source == "sa1b":
         return [(SA1BReader(args.path, name=args.name or "sa1b", max_objects=args.max_objects, rules=rules), per or 256)]
 
-    from datamodules.components.synthetic import VIDEO_STRIDE, SyntheticConfig, generate
+    from datamodules.packing.synthetic import VIDEO_STRIDE, SyntheticConfig, generate
 
     if args.out.startswith("pipe:") or "://" in args.out:
         raise SystemExit("anydoor shards synthetic: --out must be a local folder (the raw clips are written under OUT/raw)")
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from datamodules.components.packer import MANIFEST, Destination, pack
+    from datamodules.packing.packer import MANIFEST, Destination, pack
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()

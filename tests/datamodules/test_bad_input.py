@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from datamodules.components.packer import pack
-from datamodules.components.sources.images import SA1BReader
-from datamodules.components.sources.video import VideoReader
-from datamodules.components.sources.vos import VOSReader
+from datamodules.packing.packer import pack
+from datamodules.packing.sources.images import SA1BReader
+from datamodules.packing.sources.video import VideoReader
+from datamodules.packing.sources.vos import VOSReader
 from tests.datamodules.conftest import disk, make_sa1b, make_video, make_vos, palette_png, rle
 
 
@@ -115,7 +115,7 @@ def test_reader_crash_is_counted_not_fatal(tmp_path):
 
 
 def test_binary_0_255_masks_are_one_object(tmp_path):
-    from datamodules.components.media import read_label_mask
+    from datamodules.packing.media import read_label_mask
 
     m = (disk(48, 64, 30, 24, 10) * 255).astype(np.uint8)
     Image.fromarray(m).save(tmp_path / "bin.png")

@@ -11,9 +11,9 @@ import torch
 import webdataset as wds
 
 from datamodules.anydoor_datamodule import AnyDoorDataModule
-from datamodules.components import pipeline
+from datamodules.components import streams
 from datamodules.components.pairs import PairBuilder
-from datamodules.components.pipeline import SkipCounter, TrainStream, ValStream
+from datamodules.components.streams import SkipCounter, TrainStream, ValStream
 from datamodules.components.shard_lists import resolve
 from src.constants import KINDS
 
@@ -21,7 +21,7 @@ S, R = 64, 56  # small crops keep the tests fast; the geometry is the same as at
 
 
 def fake_worker(monkeypatch, rank=0, world=1, worker=0, workers=1):
-    monkeypatch.setattr(pipeline, "worker_info", lambda: (rank, world, worker, workers))
+    monkeypatch.setattr(streams, "worker_info", lambda: (rank, world, worker, workers))
 
 
 def test_batch_contract(synthetic_shards):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.components.filters import MaskRules
+from datamodules.packing.filters import MaskRules
 
 
 def mask_with(*rects: tuple[int, int, int, int], hw=(100, 100)) -> np.ndarray:

@@ -7,9 +7,9 @@ import tarfile
 
 import pytest
 
-from datamodules.components.packer import pack
-from datamodules.components.sources.images import SA1BReader
-from datamodules.components.sources.video import VideoReader
+from datamodules.packing.packer import pack
+from datamodules.packing.sources.images import SA1BReader
+from datamodules.packing.sources.video import VideoReader
 from tests.datamodules.conftest import make_sa1b, make_video
 
 

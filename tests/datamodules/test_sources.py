@@ -7,11 +7,11 @@ import json
 import numpy as np
 import webdataset as wds
 
-from datamodules.components.packer import pack
+from datamodules.packing.packer import pack
 from datamodules.components.shard_format import decode_frame, decode_mask_crop, full_mask
-from datamodules.components.sources.images import CocoReader, SA1BReader
-from datamodules.components.sources.video import VideoReader
-from datamodules.components.sources.vos import VOSReader
+from datamodules.packing.sources.images import CocoReader, SA1BReader
+from datamodules.packing.sources.video import VideoReader
+from datamodules.packing.sources.vos import VOSReader
 from tests.datamodules.conftest import make_coco, make_sa1b, make_video, make_vos
 
 

@@ -8,7 +8,7 @@ import decord
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from datamodules.components.synthetic import VIDEO_STRIDE, SyntheticConfig, render, write_image, write_video
+from datamodules.packing.synthetic import VIDEO_STRIDE, SyntheticConfig, render, write_image, write_video
 
 CFG = SyntheticConfig(width=96, height=64, frames=6)
 
@@ -50,7 +50,7 @@ def test_seeds_are_reproducible_and_disjoint(tmp_path):
 def test_rerun_with_other_settings_is_refused(tmp_path):
     import pytest
 
-    from datamodules.components.synthetic import generate
+    from datamodules.packing.synthetic import generate
 
     generate(tmp_path, seed=0, videos=1, images=1, cfg=CFG, progress=False)
     generate(tmp_path, seed=0, videos=2, images=1, cfg=CFG, progress=False)  # more of the same: fine

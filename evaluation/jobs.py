@@ -100,7 +100,7 @@ def _tensor(image: np.ndarray) -> Tensor:
 
 def prepare_job(job: Job, size: int) -> PreparedJob:
     """Read a job's files and build its crop, collage and box deterministically (crop side ``size``)."""
-    from models.evaluation.identity import object_on_white
+    from evaluation.identity import object_on_white
 
     ref_image, ref_mask = read_reference(job)
     target = read_rgb(job.target)

@@ -3,8 +3,8 @@ import json
 import pytest
 import yaml
 
-from models.evaluation.jobs import load_jobs, prepare_job
-from models.evaluation.shard_jobs import jobs_from_shards
+from evaluation.jobs import load_jobs, prepare_job
+from evaluation.shard_jobs import jobs_from_shards
 from src.cli.main import main
 
 

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from models.evaluation.identity import object_on_white
-from models.evaluation.jobs import Job, PreparedJob, prepare_job
+from evaluation.identity import object_on_white
+from evaluation.jobs import Job, PreparedJob, prepare_job
 from src import metrics
 
 # What each column means, for the report; identity columns are named after their scorer.

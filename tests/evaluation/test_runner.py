@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from models.evaluation.jobs import load_jobs, prepare_job
-from models.evaluation.methods import BackgroundFill, CopyPaste, FromFolder, background_fill
-from models.evaluation.runner import evaluate, instantiate
+from evaluation.jobs import load_jobs, prepare_job
+from evaluation.methods import BackgroundFill, CopyPaste, FromFolder, background_fill
+from evaluation.runner import evaluate, instantiate
 
 SIZE = 48
 
@@ -99,7 +99,7 @@ def test_method_with_wrong_output_is_refused(job_folder, tmp_path):
 
 
 def test_instantiate_builds_class_path_specs():
-    obj = instantiate({"class_path": "models.evaluation.methods.BackgroundFill"})
+    obj = instantiate({"class_path": "evaluation.methods.BackgroundFill"})
     assert isinstance(obj, BackgroundFill)
     with pytest.raises(ValueError, match="cannot import"):
-        instantiate({"class_path": "models.evaluation.methods.Nope"})
+        instantiate({"class_path": "evaluation.methods.Nope"})

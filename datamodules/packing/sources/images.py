@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from datamodules.components.filters import MaskRules
-from datamodules.components.media import check_mask_size, read_image
+from datamodules.packing.filters import MaskRules
+from datamodules.packing.media import check_mask_size, read_image
 from datamodules.components.shard_format import ObjectSample
-from datamodules.components.sources.common import image_objects
-from datamodules.components.stats import BadInput, PackStats
+from datamodules.packing.sources.common import image_objects
+from datamodules.packing.stats import BadInput, PackStats
 
 
 def segmentation_to_mask(seg: object, h: int, w: int, name: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from datamodules.components.shard_format import ObjectSample, encode_sample
-from datamodules.components.stats import BadInput, PackStats
+from datamodules.packing.stats import BadInput, PackStats
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from datamodules.components.filters import MaskRules
+from datamodules.packing.filters import MaskRules
 from datamodules.components.shard_format import ObjectSample
-from datamodules.components.stats import PackStats
+from datamodules.packing.stats import PackStats
 
 
 def spread(values: list[int], n: int) -> list[int]:

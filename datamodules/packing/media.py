@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datamodules.components.stats import BadInput, PackStats
+from datamodules.packing.stats import BadInput, PackStats
 
 _CONVERTIBLE = {"L": "grayscale", "LA": "grayscale", "RGBA": "rgba", "CMYK": "cmyk", "P": "palette", "YCbCr": "ycbcr", "1": "bilevel"}
 

@@ -1,7 +1,7 @@
 """Training curves: the loss and a held-out metric over steps, from TensorBoard event files and from
 scoring the saved checkpoints with the evaluation code itself.
 
-``python -m models.evaluation.curves LOGDIR --out curves.png`` plots a run on its own.
+``python -m evaluation.curves LOGDIR --out curves.png`` plots a run on its own.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.evaluation.methods import latest
+from evaluation.methods import latest
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -48,8 +48,8 @@ def score_checkpoints(config: str | Path | None, pattern: str, jobs: list, size:
     ``config`` None: the run's own ``config.yaml`` next to the checkpoints folder."""
     import torch
 
-    from models.evaluation.methods import ModuleMethod
-    from models.evaluation.runner import evaluate
+    from evaluation.methods import ModuleMethod
+    from evaluation.runner import evaluate
 
     paths = sorted(glob.glob(pattern))
     if not paths:

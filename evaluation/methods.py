@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.evaluation.jobs import PreparedJob, crop_generated
+from evaluation.jobs import PreparedJob, crop_generated
 
 
 class Method(Protocol):
@@ -178,7 +178,7 @@ class ModuleMethod(PipelineMethod):
 
         import yaml
 
-        from models.evaluation.runner import instantiate
+        from evaluation.runner import instantiate
 
         path = latest(checkpoint) if checkpoint is not None else None
         if path is not None and not path.is_file():

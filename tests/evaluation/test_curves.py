@@ -1,6 +1,6 @@
 import pytest
 
-from models.evaluation.curves import plot_training, read_scalars, smooth
+from evaluation.curves import plot_training, read_scalars, smooth
 
 
 @pytest.fixture(scope="module")

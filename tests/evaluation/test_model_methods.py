@@ -4,9 +4,9 @@ import pytest
 import torch
 import yaml
 
-from models.evaluation.jobs import load_jobs, prepare_job
-from models.evaluation.methods import ModuleMethod, PipelineMethod
-from models.evaluation.runner import evaluate
+from evaluation.jobs import load_jobs, prepare_job
+from evaluation.methods import ModuleMethod, PipelineMethod
+from evaluation.runner import evaluate
 from tests.fakes import TINY_MODEL_KWARGS
 
 SIZE = 32
@@ -57,7 +57,7 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
     assert not torch.allclose(untrained(prepared[:1]), trained(prepared[:1]))
     result = evaluate(load_jobs(job_folder), {"untrained": untrained, "trained": trained}, tmp_path / "eval", size=SIZE, save_images=False)
     assert result["summary"]["trained"]["psnr_box"]["n"] == 3
-    from models.evaluation.curves import score_checkpoints
+    from evaluation.curves import score_checkpoints
 
     series = score_checkpoints(None, str(run / "checkpoints" / "*.ckpt"), load_jobs(job_folder)[:1], size=SIZE)
     assert [r["step"] for r in series] == [0, 7] and all("psnr_box" in r for r in series)

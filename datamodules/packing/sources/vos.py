@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datamodules.components.filters import MaskRules
-from datamodules.components.media import check_mask_size, read_image, read_label_mask
+from datamodules.packing.filters import MaskRules
+from datamodules.packing.media import check_mask_size, read_image, read_label_mask
 from datamodules.components.shard_format import ObjectSample
-from datamodules.components.sources.common import spread, valid_frames
-from datamodules.components.stats import BadInput, PackStats
+from datamodules.packing.sources.common import spread, valid_frames
+from datamodules.packing.stats import BadInput, PackStats
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png")
 VOID_ID = 255

@@ -33,7 +33,7 @@ def tiny_extractor_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_scorers(tiny_extractor_files):
-    from models.evaluation.identity import ClipScorer, DinoScorer
+    from evaluation.identity import ClipScorer, DinoScorer
 
     dino = DinoScorer("vit_small_patch16_224", tiny_extractor_files["dino"], img_size=32, model_kwargs=TINY_VIT)
     clip = ClipScorer(str(tiny_extractor_files["clip"]))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.evaluation.identity import ClipScorer, DinoScorer, load_state_dict_file, object_on_white
+from evaluation.identity import ClipScorer, DinoScorer, load_state_dict_file, object_on_white
 from src.metrics import cosine_scores
 
 
