@@ -151,54 +151,91 @@ class CropTransform:
         generated_crop: np.ndarray,
         margin: int = 5,
         feather: int = 0,
+        region: np.ndarray | None = None,
         interpolation: int = cv2.INTER_LINEAR,
     ) -> np.ndarray:
         """Undo ``apply`` on ``generated_crop`` (S x S, same value range as ``full_image``) and paste it.
 
-        Returns a new image; pixels outside ``pasted_region(margin)`` are bit-for-bit ``full_image``.
-        ``feather`` > 0 blends linearly over that many pixels inside the region's inner edges, so
-        the seam is soft; the region's outer ring then still equals ``full_image`` exactly.
+        ``region`` None pastes the whole crop box shrunk by ``margin`` (the authors' paste-back); an
+        ``H x W`` mask of the full image pastes only its pixels inside the crop box (compositing that
+        keeps the scene: see ``composite_region``). Returns a new image whose pixels outside the pasted
+        region are bit-for-bit ``full_image``. ``feather`` > 0 blends linearly over that many pixels
+        inside the region's edges, so the seam is soft and stays inside the region; edges on the
+        image border are not feathered (there is no seam there).
         """
         if generated_crop.shape[:2] != (self.size, self.size):
             raise ValueError(f"generated crop must be {self.size} x {self.size}, got {generated_crop.shape[:2]}")
         if generated_crop.shape[2:] != full_image.shape[2:]:
             raise ValueError(f"channels differ: crop {generated_crop.shape}, image {full_image.shape}")
+        hw = full_image.shape[:2]
+        if region is None:
+            rx1, ry1, rx2, ry2 = self.pasted_region(hw, margin)
+            region = np.zeros(hw, np.uint8)
+            region[ry1:ry2, rx1:rx2] = 1
+        elif region.shape != hw:
+            raise ValueError(f"region mask is {region.shape}, the image {hw}")
+        x1, y1, x2, y2 = self.box
+        alpha = feathered_alpha(region, feather)[y1:y2, x1:x2]
+        out = full_image.copy()
+        if not alpha.any():
+            return out
         side = self.side
         restored = _resize(generated_crop.astype(np.float32), (side, side), interpolation)
         off = self.offset
-        w, h = box_size(self.box)
-        restored = restored[off.y : off.y + h, off.x : off.x + w]  # drop the padding: crop-box pixels
-        out = full_image.copy()
-        rx1, ry1, rx2, ry2 = self.pasted_region(full_image.shape[:2], margin)
-        if rx2 <= rx1 or ry2 <= ry1:
-            return out
-        x1, y1 = self.box[:2]
-        patch = restored[ry1 - y1 : ry2 - y1, rx1 - x1 : rx2 - x1]
-        if feather > 0:
-            alpha = self._feather_alpha((rx1, ry1, rx2, ry2), full_image.shape[:2], feather)
-            if patch.ndim == 3:
-                alpha = alpha[..., None]
-            old = full_image[ry1:ry2, rx1:rx2].astype(np.float32)
-            patch = alpha * patch + (1.0 - alpha) * old
+        restored = restored[off.y : off.y + (y2 - y1), off.x : off.x + (x2 - x1)]  # drop the padding
+        old = full_image[y1:y2, x1:x2].astype(np.float32)
+        a = alpha[..., None] if restored.ndim == 3 else alpha
+        patch = a * restored + (1.0 - a) * old
         if np.issubdtype(full_image.dtype, np.integer):
             info = np.iinfo(full_image.dtype)
             patch = np.clip(np.rint(patch), info.min, info.max)
-        out[ry1:ry2, rx1:rx2] = patch.astype(full_image.dtype)
+        window = out[y1:y2, x1:x2]
+        inside = alpha > 0
+        window[inside] = patch.astype(full_image.dtype)[inside]  # outside the region: untouched bytes
         return out
 
-    @staticmethod
-    def _feather_alpha(region: Box, image_hw: Sequence[int], feather: int) -> np.ndarray:
-        """Weight rising from ~0 at the region's edge to 1 at ``feather`` px inside (image borders excluded)."""
-        x1, y1, x2, y2 = region
-        h, w = int(image_hw[0]), int(image_hw[1])
-        big = np.float32(1e9)
 
-        def ramp(n: int, soft_start: bool, soft_end: bool) -> np.ndarray:
-            i = np.arange(n, dtype=np.float32)
-            start = (i + 1) / (feather + 1) if soft_start else np.full(n, big)
-            end = (n - i) / (feather + 1) if soft_end else np.full(n, big)
-            return np.minimum(np.minimum(start, end), 1.0)
+def feathered_alpha(region: np.ndarray, feather: int) -> np.ndarray:
+    """float32 weight: 0 outside ``region``, rising linearly to 1 at ``feather`` px inside its edges.
 
-        ax = ramp(x2 - x1, x1 > 0, x2 < w)
-        ay = ramp(y2 - y1, y1 > 0, y2 < h)
-        return np.minimum(ay[:, None], ax[None, :])
+    Distance is chessboard (``max(|dx|, |dy|)``), so a rectangle ramps like its four edges; the image
+    border counts as inside (a region touching it is not faded there). ``feather`` 0: the binary mask.
+    """
+    mask = (np.asarray(region) > 0).astype(np.uint8)
+    if feather <= 0 or not mask.any():
+        return mask.astype(np.float32)
+    pad = feather + 1
+    padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=1)
+    dist = cv2.distanceTransform(padded, cv2.DIST_C, 3)[pad:-pad, pad:-pad]
+    return np.minimum(dist / np.float32(feather + 1), 1.0).astype(np.float32) * mask
+
+
+COMPOSITE_MODES = ("crop", "box", "mask")
+
+
+def composite_region(mode: str, image_hw: Sequence[int], box: Sequence[int],
+                     mask: np.ndarray | None = None, dilate: int = 0) -> np.ndarray | None:
+    """What a generation may change in the full image, for ``CropTransform.paste_back(region=...)``.
+
+    ``crop``: None, the whole generated crop (the authors' paste-back; repaints about twice the box).
+    ``box``: the grown target box (``box``, full-image pixels, exclusive ends). ``mask``: the target
+    mask dilated by ``dilate`` px (a job given only a box falls back to the box). Everything outside
+    the region keeps the input's bytes.
+    """
+    if mode not in COMPOSITE_MODES:
+        raise ValueError(f"composite mode must be one of {COMPOSITE_MODES}, got {mode!r}")
+    if mode == "crop":
+        return None
+    h, w = int(image_hw[0]), int(image_hw[1])
+    if mode == "mask" and mask is not None:
+        region = (np.asarray(mask) > 0).astype(np.uint8)
+        if region.shape != (h, w):
+            raise ValueError(f"target mask is {region.shape}, the image {(h, w)}")
+        if dilate > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
+            region = cv2.dilate(region, kernel)
+        return region
+    x1, y1, x2, y2 = clip_box(box, (h, w))
+    region = np.zeros((h, w), np.uint8)
+    region[y1:y2, x1:x2] = 1
+    return region

@@ -121,3 +121,50 @@ def test_crop_transform_rejects_bad_inputs():
     t = CropTransform((0, 0, 10, 10), 16)
     with pytest.raises(ValueError):
         t.paste_back(np.zeros((20, 20, 3), np.uint8), np.zeros((15, 16, 3), np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["box", "mask"])
+@pytest.mark.parametrize("feather", [0, 4])
+def test_composite_keeps_every_byte_outside_the_region(mode, feather):
+    from src.image_ops import composite_region
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    gen = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    t = CropTransform((10, 5, 80, 65), 32)
+    mask = np.zeros((70, 90), np.uint8)
+    mask[25:45, 30:50] = 1
+    region = composite_region(mode, img.shape[:2], (27, 22, 53, 48), mask=mask, dilate=3)
+    out = t.paste_back(img, gen, feather=feather, region=region)
+    assert np.array_equal(out[region == 0], img[region == 0])
+    assert (out[region > 0] != img[region > 0]).any()
+    if feather:  # the soft seam stays inside: the region's edge pixels are blends, not the generation
+        hard = t.paste_back(img, gen, feather=0, region=region)
+        edge = region.astype(bool) & ~cv2.erode(region, np.ones((3, 3), np.uint8)).astype(bool)
+        assert (np.abs(out[edge].astype(int) - img[edge]) <= np.abs(hard[edge].astype(int) - img[edge])).all()
+
+
+def test_composite_region_modes():
+    from src.image_ops import composite_region
+
+    assert composite_region("crop", (10, 10), (1, 1, 5, 5)) is None
+    box = composite_region("box", (10, 12), (2, 3, 7, 9))
+    assert box.sum() == 5 * 6 and box[3:9, 2:7].all()
+    no_mask = composite_region("mask", (10, 12), (2, 3, 7, 9))  # a box-only job: the box
+    assert np.array_equal(no_mask, box)
+    mask = np.zeros((10, 12), np.uint8)
+    mask[5, 5] = 1
+    assert composite_region("mask", (10, 12), (0, 0, 1, 1), mask=mask, dilate=1).sum() == 5  # a plus shape
+    with pytest.raises(ValueError, match="composite mode"):
+        composite_region("blend", (10, 10), (0, 0, 1, 1))
+
+
+def test_feathered_alpha_ignores_image_border():
+    from src.image_ops import feathered_alpha
+
+    region = np.zeros((10, 10), np.uint8)
+    region[:, :5] = 1  # touches the left, top and bottom borders
+    a = feathered_alpha(region, 2)
+    assert a[5, 0] == 1.0 and a[0, 0] == 1.0  # no fade at the image border
+    np.testing.assert_allclose(a[5, :5], [1, 1, 1, 2 / 3, 1 / 3])
+    assert not a[:, 5:].any()
