@@ -24,6 +24,7 @@ from models.components.detail_extractor import load_detail_extractor
 from models.components.first_stage import SpaceToDepthFirstStage, VAEFirstStage, load_first_stage, saved_class_name
 from models.components.id_encoder import IDEncoder
 from src.conditioning import DEFAULT_BOX_GROW, DEFAULT_CROP_GROW, prepare_reference, prepare_target
+from src.image_ops import changed_box, composite_region
 
 PARTS = ("id_encoder", "controlnet", "unet", "vae", "scheduler")
 SCHEDULERS = ("ddim", "dpm")
@@ -54,6 +55,7 @@ class AnyDoorOutput:
     crops: list[np.ndarray] = field(default_factory=list)  # uint8 S x S x 3 generated crops
     collages: list[np.ndarray] = field(default_factory=list)  # float32 4 x S x S model inputs
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # crop boxes in the full image
+    regions: list[tuple[int, int, int, int] | None] = field(default_factory=list)  # bounding box of changed pixels
 
 
 def write_model_index(directory: str | Path, first_stage: str = "AutoencoderKL",
@@ -339,13 +341,19 @@ class AnyDoorPipeline:
         mask_channel: str = "box",
         margin: int = 5,
         feather: int = 0,
+        composite: str = "box",
+        mask_dilate: int = 4,
         latents: torch.Tensor | None = None,
         progress: bool = True,
     ) -> AnyDoorOutput:
         """Generate one image per job (a batch when several). Sampler, steps and guidance left out come
         from ``sampling_settings`` (the model folder's recommendation, else DDIM 50 steps, guidance 5).
         ``mask_channel="mask"`` puts a target mask's shape (not its box) in the collage's location
-        channel. ``margin``/``feather``: see ``CropTransform.paste_back``."""
+        channel. ``composite``: what is pasted back — ``box`` (default: the grown target box; the rest
+        of the image keeps its bytes), ``mask`` (the target mask dilated by ``mask_dilate`` px) or
+        ``crop`` (the whole generated crop, as the authors do); ``feather`` softens the seam inside the
+        region, ``margin`` trims the crop in ``crop`` mode (``CropTransform.paste_back``). The changed
+        region's bounding box is in ``AnyDoorOutput.regions``."""
         scheduler, num_inference_steps, guidance_scale = self.sampling_settings(
             scheduler, num_inference_steps, guidance_scale)
         jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
@@ -361,9 +369,12 @@ class AnyDoorPipeline:
                               eta=eta, generator=generator, latents=latents, progress=progress)
         crops = self.decode(latents)
         out = AnyDoorOutput(images=[], crops=crops, collages=[p[1].sample["collage"] for p in prepared])
-        for crop, (_, target_prep, target) in zip(crops, prepared):
-            out.images.append(target_prep.transform.paste_back(target, crop, margin=margin, feather=feather))
+        for job, crop, (_, target_prep, target) in zip(jobs, crops, prepared):
+            region = composite_region(composite, target.shape[:2], target_prep.box, job.target_mask, mask_dilate)
+            out.images.append(target_prep.transform.paste_back(target, crop, margin=margin, feather=feather,
+                                                               region=region))
             out.boxes.append(target_prep.transform.box)
+            out.regions.append(changed_box(out.images[-1], target))
         return out
 
     @torch.no_grad()

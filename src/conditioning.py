@@ -44,6 +44,7 @@ class PreparedReference(NamedTuple):
 class PreparedTarget(NamedTuple):
     sample: dict[str, np.ndarray]  # target, collage, box, object_mask (docs/design.md)
     transform: CropTransform  # full image <-> S x S crop; paste_back for inference
+    box: Box  # the grown box the collage fills, in full-image pixels (compositing's "box" region)
 
 
 def _check_image(image: np.ndarray, what: str) -> None:
@@ -185,4 +186,4 @@ def prepare_target(
         "box": np.asarray(crop_box, dtype=np.int64),
         "object_mask": object_mask[None].astype(np.float32),
     }
-    return PreparedTarget(sample, transform)
+    return PreparedTarget(sample, transform, box)

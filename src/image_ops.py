@@ -239,3 +239,14 @@ def composite_region(mode: str, image_hw: Sequence[int], box: Sequence[int],
     region = np.zeros((h, w), np.uint8)
     region[y1:y2, x1:x2] = 1
     return region
+
+
+def changed_box(result: np.ndarray, original: np.ndarray) -> Box | None:
+    """Bounding box (exclusive ends) of the pixels where ``result`` differs from ``original``; None if none."""
+    diff = result != original
+    if diff.ndim == 3:
+        diff = diff.any(axis=2)
+    ys, xs = np.nonzero(diff)
+    if ys.size == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1

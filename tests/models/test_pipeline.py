@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_deterministic_given_seed(pipe):
 
 def test_pixels_outside_the_crop_are_unchanged(pipe):
     ref, target = scene()
-    out = run(pipe, Job(ref, target, box=(60, 40, 120, 110)), margin=5, feather=3)
+    out = run(pipe, Job(ref, target, box=(60, 40, 120, 110)), margin=5, feather=3, composite="crop")
     image = out.images[0]
     assert image.shape == target.shape and image.dtype == np.uint8
     x1, y1, x2, y2 = out.boxes[0]
@@ -45,6 +46,28 @@ def test_pixels_outside_the_crop_are_unchanged(pipe):
     assert outside.any() and np.array_equal(image[outside], target[outside])
     assert not np.array_equal(image[~outside], target[~outside])
     assert x1 <= 60 and y1 <= 40 and x2 >= 120 and y2 >= 110
+
+
+@pytest.mark.parametrize("composite", ["box", "mask"])
+def test_compositing_keeps_the_scene_outside_the_region(pipe, composite):
+    ref, target = scene()
+    mask = np.zeros(target.shape[:2], np.uint8)
+    mask[50:100, 70:110] = 1
+    job = Job(ref, target, target_mask=mask) if composite == "mask" else Job(ref, target, box=(60, 40, 120, 110))
+    out = run(pipe, job, composite=composite, feather=3, mask_dilate=4)
+    image = out.images[0]
+    changed = (image != target).any(axis=2)
+    if composite == "mask":  # inside the mask dilated by 4 px (a disc)
+        allowed = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))).astype(bool)
+    else:  # inside the grown box: the 60 x 70 box grown by the default ratio, never the whole crop
+        allowed = np.zeros(target.shape[:2], bool)
+        allowed[35:115, 55:125] = True
+    assert changed.any() and not (changed & ~allowed).any()
+    x1, y1, x2, y2 = out.regions[0]
+    ys, xs = np.nonzero(changed)
+    assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    crop_mode = run(pipe, job, composite="crop", feather=3)
+    assert (crop_mode.images[0] != target).any(axis=2).sum() > 2 * changed.sum()  # the crop repaints far more
 
 
 def test_box_and_mask_targets(pipe):

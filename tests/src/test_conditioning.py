@@ -88,7 +88,7 @@ def _check_sample(s, size):
 def test_target_inference_box_channel_agrees_with_box(scene):
     img, mask = scene
     ref = prepare_reference(img, mask)
-    s, t = prepare_target(img, mask, ref, size=128)
+    s, t, _ = prepare_target(img, mask, ref, size=128)
     _check_sample(s, 128)
     x1, y1, x2, y2 = s["box"].tolist()
     ch = s["collage"][3]
@@ -109,7 +109,7 @@ def test_target_padding_is_minus_one(scene):
     img, _ = scene
     ref = prepare_reference(*scene)
     # a wide object in a 240 x 320 image: the crop's side (320) exceeds the height, so it is padded
-    s, t = prepare_target(img, (40, 60, 280, 180), ref, size=64)
+    s, t, _ = prepare_target(img, (40, 60, 280, 180), ref, size=64)
     assert t.box == (0, 0, 320, 240) and t.side == 320
     vx1, vy1, vx2, vy2 = t.valid_box()
     ch = s["collage"][3]
@@ -122,7 +122,7 @@ def test_target_padding_is_minus_one(scene):
 def test_target_user_mask_channel(scene):
     img, mask = scene
     ref = prepare_reference(img, mask)
-    s, _ = prepare_target(img, mask, ref, size=128, mask_channel="mask")
+    s, _, _ = prepare_target(img, mask, ref, size=128, mask_channel="mask")
     assert np.array_equal(s["collage"][3] == 1, s["object_mask"][0] == 1)
     with pytest.raises(ValueError, match="needs a target mask"):
         prepare_target(img, (10, 10, 50, 50), ref, mask_channel="mask")
@@ -139,7 +139,7 @@ def test_target_training_random_reproducible_and_mask_channel_mix(scene):
     rng = np.random.default_rng(1)
     kinds = []
     for _ in range(20):
-        s, _ = prepare_target(img, mask, ref, rng=rng, size=96)
+        s, _, _ = prepare_target(img, mask, ref, rng=rng, size=96)
         _check_sample(s, 96)
         x1, y1, x2, y2 = s["box"].tolist()
         ch = s["collage"][3] == 1
@@ -150,7 +150,7 @@ def test_target_training_random_reproducible_and_mask_channel_mix(scene):
 def test_paste_back_from_prepared_target(scene):
     img, mask = scene
     ref = prepare_reference(img, mask)
-    s, t = prepare_target(img, mask, ref, size=128)
+    s, t, _ = prepare_target(img, mask, ref, size=128)
     generated = ((s["target"].transpose(1, 2, 0) + 1) * 127.5).round().astype(np.uint8)
     out = t.paste_back(img, generated, margin=5, feather=3)
     x1, y1, x2, y2 = t.pasted_region(img.shape[:2], 5)
