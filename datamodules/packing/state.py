@@ -212,6 +212,8 @@ def locked(dest: Destination) -> Iterator[None]:
         except BlockingIOError:
             raise InputError(f"{dest.where}: another anydoor shards is writing here (it holds {dest.state / LOCK}); "
                              "wait for it to finish or stop it") from None
+        except OSError as e:  # a filesystem without locks: pack anyway, as before locks existed
+            log.warning("%s: cannot lock (%s); make sure no other anydoor shards writes here", dest.state / LOCK, e)
         for folder in {dest.state, dest.folder} - {None}:  # temporaries of killed runs: nobody else writes here now
             for stale in folder.glob(f".*{TMP_MARK}*"):
                 stale.unlink()
@@ -288,11 +290,14 @@ def summary(manifest: dict, report_path: Path, examples: int = 3) -> list[str]:
     if manifest["rejected"]:
         lines.append(f"  rejected: {sum(manifest['rejected'].values())} items, every one listed in {report_path}")
         first: dict[str, list[dict]] = {reason: [] for reason in manifest["rejected"]}
+        wanted = {reason: min(n, examples) for reason, n in manifest["rejected"].items()}
         with open(report_path) as f:
-            for line in f:
+            for line in f:  # a big report is read only as far as the examples reach
                 item = json.loads(line)
-                if len(first.setdefault(item["reason"], [])) < examples:
+                if len(first.setdefault(item["reason"], [])) < wanted.get(item["reason"], 0):
                     first[item["reason"]].append(item)
+                    if all(len(first[r]) == n for r, n in wanted.items()):
+                        break
         for reason, n in sorted(manifest["rejected"].items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    {reason} {n}: {REASONS.get(reason, ('', '?'))[1]}")
             for item in first[reason]:

@@ -144,7 +144,6 @@ def _pack(args: argparse.Namespace) -> tuple[dict, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import logging
     import sys
     import time
