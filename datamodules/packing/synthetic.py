@@ -271,8 +271,10 @@ def generate(raw: Path, *, seed: int, videos: int, images: int, cfg: SyntheticCo
         if old != settings:
             shutil.rmtree(raw)
     vdir, idir = raw / "videos", raw / "images"
-    vdir.mkdir(parents=True, exist_ok=True)
-    idir.mkdir(parents=True, exist_ok=True)
+    for folder in (vdir, idir):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*tmp*"):  # temporaries of a stopped run (finished files are whole: atomic)
+            stale.unlink()
     atomic_write(record, json.dumps(settings))
     jobs = [("video", vdir, i, seed, cfg) for i in range(videos)] + [("image", idir, i, seed, cfg) for i in range(images)]
     bar = tqdm(total=len(jobs), desc="synthesize", unit="file", disable=not progress)

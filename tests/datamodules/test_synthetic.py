@@ -70,3 +70,13 @@ def test_truncated_settings_file_is_named_with_the_fix(tmp_path):
     (tmp_path / "settings.json").write_text('{"seed": 0, "wid')
     with pytest.raises(ValueError, match=r"settings\.json: unreadable pack state .*delete it.*--overwrite"):
         generate(tmp_path, seed=0, videos=0, images=1, cfg=CFG, progress=False)
+
+
+def test_temporaries_of_a_stopped_run_are_removed(tmp_path):
+    from datamodules.packing.synthetic import generate
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / ".syn_000000.tmp.mp4").write_bytes(b"half a video")
+    (tmp_path / "videos" / ".syn_000000_manual.json.tmp-1a2b3c4d").write_text("{")
+    generate(tmp_path, seed=0, videos=1, images=0, cfg=CFG, progress=False)
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["syn_000000.mp4", "syn_000000_manual.json"]
