@@ -96,14 +96,17 @@ class Destination:
         return sorted(p for p in self.state.glob("*.json") if pattern.fullmatch(p.name))
 
 
-def read_state(path: Path) -> dict:
-    """A state file as a dict; an unreadable or truncated one stops the pack with its name and the fix."""
+REPACK_SHARD = f"delete it to pack that shard again, or {START_OVER}"
+
+
+def read_state(path: Path, fix: str = START_OVER) -> dict:
+    """A state file as a dict; an unreadable or truncated one stops the pack with its name and ``fix``."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{path}: unreadable pack state ({e}); delete it to repack what it records, or {START_OVER}") from None
+        raise InputError(f"{path}: unreadable pack state ({e}); {fix}") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: unreadable pack state (not a JSON object); delete it, or {START_OVER}")
+        raise InputError(f"{path}: unreadable pack state (not a JSON object); {fix}")
     return data
 
 
@@ -157,7 +160,7 @@ def finished_shards(dest: Destination, reader: Reader, tasks: list, plan: dict) 
     """The shards of an earlier run that this one may keep; raises ``InputError`` when the earlier run
     was made from other settings or other input (naming what changed)."""
     source = reader.name
-    records = {p: read_state(p) for p in dest.records(source)}
+    records = {p: read_state(p, REPACK_SHARD) for p in dest.records(source)}
     plan_path = dest.plan_path(source)
     if not plan_path.is_file():
         if records:
@@ -251,15 +254,14 @@ def build_manifest(dest: Destination) -> dict:
     where = dest.folder if dest.folder is not None else dest.state
     with atomic_path(where / REPORT) as tmp, tmp.open("w") as report:
         for path in dest.records():
-            r = read_state(path)
+            r = read_state(path, REPACK_SHARD)
             try:
                 source, url, samples = r["source"], r["url"], int(r["samples"])
                 total.merge_counts(r["counts"])
                 for item in r["report"]:
                     report.write(json.dumps(item) + "\n")
             except (KeyError, TypeError, ValueError) as e:
-                raise InputError(f"{path}: not a shard record ({type(e).__name__}: {e}); delete it to repack that shard, "
-                                 f"or {START_OVER}") from None
+                raise InputError(f"{path}: not a shard record ({type(e).__name__}: {e}); {REPACK_SHARD}") from None
             n_items += len(r["report"])
             s = sources.setdefault(source, {"samples": 0, "shards": []})
             s["samples"] += samples

@@ -263,13 +263,18 @@ def generate(raw: Path, *, seed: int, videos: int, images: int, cfg: SyntheticCo
 
     settings = {"seed": seed, **cfg.__dict__}
     record = raw / "settings.json"
-    if record.is_file():
-        old = read_state(record)
-        if old != settings and not overwrite:
+    if record.is_file() and overwrite:
+        try:
+            same = read_state(record) == settings
+        except InputError:  # unreadable: what the files were made with is unknown
+            same = False
+        if not same:
+            shutil.rmtree(raw)
+    elif record.is_file():
+        old = read_state(record)  # unreadable: stops, naming the file and --overwrite
+        if old != settings:
             changed = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
             raise InputError(f"{raw} was generated with other settings ({changed}); {START_OVER}")
-        if old != settings:
-            shutil.rmtree(raw)
     vdir, idir = raw / "videos", raw / "images"
     for folder in (vdir, idir):
         folder.mkdir(parents=True, exist_ok=True)

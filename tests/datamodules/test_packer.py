@@ -154,21 +154,29 @@ def test_unreadable_state_file_is_named_with_the_fix(tmp_path, video_root, victi
     pack(reader, str(out), items_per_shard=2, progress=False)
     path = out / ".parts" / victim
     path.write_text(path.read_text()[:20])  # truncated
-    with pytest.raises(InputError, match=re.escape(str(path)) + r": unreadable pack state .*delete it.*--overwrite"):
+    fix = "start over with --overwrite" if victim == "video.plan" else "delete it to pack that shard again, or start over"
+    with pytest.raises(InputError, match=re.escape(str(path)) + r": unreadable pack state \(.*\); " + fix):
         pack(reader, str(out), items_per_shard=2, progress=False)
-    path.unlink()  # the fix the message gives
     if victim == "video.plan":
-        with pytest.raises(InputError, match=r"no video.plan saying how they were made; start over with --overwrite"):
-            pack(reader, str(out), items_per_shard=2, progress=False)
-        pack(reader, str(out), items_per_shard=2, progress=False, overwrite=True)
+        pack(reader, str(out), items_per_shard=2, progress=False, overwrite=True)  # the fix the message gives
     else:
-        pack(reader, str(out), items_per_shard=2, progress=False)  # that one shard is packed again
+        path.unlink()  # the fix the message gives: that one shard is packed again
+        pack(reader, str(out), items_per_shard=2, progress=False)
     assert tar_contents(out) == tar_contents_of(reader, tmp_path / "fresh")
 
 
 def tar_contents_of(reader, out):
     pack(reader, str(out), items_per_shard=2, progress=False)
     return tar_contents(out)
+
+
+def test_shards_without_a_plan_are_refused(tmp_path, video_root):
+    reader = VideoReader(str(video_root), frame_stride=2)
+    out = tmp_path / "out"
+    pack(reader, str(out), items_per_shard=2, progress=False)
+    (out / ".parts" / "video.plan").unlink()
+    with pytest.raises(InputError, match=r"holds 3 finished shards of 'video' but no video.plan .*start over with --overwrite"):
+        pack(reader, str(out), items_per_shard=2, progress=False)
 
 
 def test_state_of_an_older_version_is_refused(tmp_path, video_root):

@@ -68,8 +68,10 @@ def test_truncated_settings_file_is_named_with_the_fix(tmp_path):
 
     generate(tmp_path, seed=0, videos=0, images=1, cfg=CFG, progress=False)
     (tmp_path / "settings.json").write_text('{"seed": 0, "wid')
-    with pytest.raises(ValueError, match=r"settings\.json: unreadable pack state .*delete it.*--overwrite"):
+    with pytest.raises(ValueError, match=r"settings\.json: unreadable pack state \(.*\); start over with --overwrite"):
         generate(tmp_path, seed=0, videos=0, images=1, cfg=CFG, progress=False)
+    generate(tmp_path, seed=0, videos=0, images=1, cfg=CFG, progress=False, overwrite=True)  # the fix works
+    assert json.loads((tmp_path / "settings.json").read_text())["seed"] == 0
 
 
 def test_temporaries_of_a_stopped_run_are_removed(tmp_path):
