@@ -17,13 +17,21 @@ class MaskRules:
     max_area: float = 0.64
     min_connectivity: float = 0.9
     min_box_side: float = 0.1
-    min_pixels: int = 2  # empty and one-pixel masks are rejected outright
+    min_pixels: int = 2  # a one-pixel mask has no shape to learn from
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_area <= self.max_area <= 1:
+            raise ValueError(f"need 0 <= --min-area <= --max-area <= 1, got {self.min_area} and {self.max_area}")
+        if not 0 <= self.min_connectivity <= 1 or not 0 <= self.min_box_side <= 1:
+            raise ValueError("--min-connectivity and --min-box-side are shares between 0 and 1")
 
     def check(self, mask: np.ndarray) -> str | None:
         """The rejection reason for one object mask in one frame, or None when it passes."""
         n = int(np.count_nonzero(mask))
-        if n < self.min_pixels:
+        if n == 0:
             return "mask_empty"
+        if n < self.min_pixels:
+            return "mask_too_small"
         ratio = mask_area_ratio(mask)
         if ratio < self.min_area:
             return "area_too_small"

@@ -2,68 +2,40 @@
 
 Items are chunked into shards deterministically (``items_per_shard`` consecutive items), so a
 shard's content depends only on its items. Each shard is written under a temporary name and renamed
-when complete, and its counts go to ``<state>/<shard>.json`` after the rename; a re-run skips every
-shard whose record exists, so a killed run resumes without losing or duplicating samples. The
-manifest is rebuilt from all records in the state folder, so several sources packed into one
-output share one manifest.
+when complete, and its record (counts, report items, input digests) goes to the state folder after
+the rename; a re-run keeps every shard whose record still matches its input (``state.py``), so a
+killed or interrupted run resumes to the very shards an uninterrupted run writes. The manifest and
+the report are rebuilt from all records, so several sources packed into one output share them.
 
 Output: a local folder, or any URL webdataset writes to (``pipe:CMD``, ``s3://...``) as a template
 with ``{name}`` for the file name, e.g. ``'pipe:aws s3 cp - s3://bucket/anydoor/{name}'``. Remote
 shards cannot be renamed, so there the record (kept in a local ``state_dir``) is the completion mark.
+
+Nothing is written before the source has been read and checked (``reader.items()``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import traceback
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import as_completed
+from contextlib import nullcontext
 from dataclasses import dataclass
-from multiprocessing import get_context
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from datamodules.components.shard_format import ObjectSample, encode_sample
-from datamodules.packing.stats import BadInput, PackStats
+from datamodules.components.shard_format import encode_sample
+from datamodules.packing.state import (FORMAT, Destination, Reader, build_manifest, finished_shards, forget_source,
+                                       locked, options, shard_inputs, write_plan, write_record)
+from datamodules.packing.stats import InputError, PackStats
+from datamodules.packing.workers import worker_pool
+from src.files import atomic_path
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
-class Reader(Protocol):
-    name: str
-
-    def items(self) -> list[Any]: ...
-
-    def read(self, item: Any, stats: PackStats) -> Iterable[ObjectSample]: ...
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where shards go: ``folder`` (local) or ``template`` (remote, with ``{name}``), plus the state folder."""
-
-    folder: Path | None
-    template: str | None
-    state: Path
-
-    @classmethod
-    def parse(cls, out: str, state_dir: str | None = None) -> "Destination":
-        remote = out.startswith("pipe:") or bool(re.match(r"^[a-z][a-z0-9+.-]*://", out)) and not out.startswith("file://")
-        if not remote:
-            folder = Path(out.removeprefix("file://"))
-            return cls(folder, None, Path(state_dir) if state_dir else folder / ".parts")
-        template = out if "{name}" in out else (None if out.startswith("pipe:") else out.rstrip("/") + "/{name}")
-        if template is None:
-            raise ValueError(f"--out {out!r}: a pipe: destination needs a {{name}} placeholder for the file name")
-        if not state_dir:
-            raise ValueError(f"--out {out!r} is remote: give --state-dir, a local folder that records finished shards")
-        return cls(None, template, Path(state_dir))
-
-    def url(self, name: str) -> str:
-        return str(self.folder / name) if self.folder is not None else self.template.format(name=name)
+class PackInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a pack; the message says what is finished and how to resume."""
 
 
 @dataclass(frozen=True)
@@ -81,80 +53,45 @@ def plan(reader: Reader, items_per_shard: int) -> list[ShardTask]:
     ]
 
 
-def _record_path(dest: Destination, shard: str) -> Path:
-    return dest.state / (shard.removesuffix(".tar") + ".json")
-
-
 def write_shard(reader: Reader, task: ShardTask, dest: Destination, max_side: int | None) -> dict:
-    """Write one shard (temp name, then rename) and its record; returns the record."""
+    """Write one shard (temporary name, then rename) and then its record; returns the record."""
     import webdataset as wds
 
-    stats = PackStats()
+    stats = PackStats(source=reader.name)
+    inputs = shard_inputs(reader, task.items)  # taken before reading: a file changed meanwhile shows at the next resume
     n = 0
     target = dest.url(task.name)
-    tmp = str(dest.folder / f".{task.name}.tmp") if dest.folder is not None else target
-    with wds.TarWriter(tmp, encoder=False, mtime=0) as sink:
-        for item in task.items:
-            try:
-                for obj in reader.read(item, stats):
-                    sink.write(encode_sample(obj, max_side=max_side))
-                    stats.samples[f"{obj.source}/{obj.kind}"] += 1
-                    n += 1
-            except BadInput as e:
-                stats.bad(e)
-            except Exception as e:  # noqa: BLE001 - one unreadable item must not end a long pack
-                detail = f"{type(e).__name__}: {e}"[:200]
-                log.warning("%s item %r: %s\n%s", reader.name, item, detail, traceback.format_exc(limit=3))
-                stats.bad(BadInput(f"{reader.name}:{item}", "reader_error", detail))
-    if dest.folder is not None:
-        os.replace(tmp, target)
+    with atomic_path(target) if dest.folder is not None else nullcontext(target) as path:
+        with wds.TarWriter(str(path), encoder=False, mtime=0) as sink:
+            for item in task.items:
+                try:
+                    for obj in reader.read(item, stats):
+                        sink.write(encode_sample(obj, max_side=max_side))
+                        stats.samples[f"{obj.source}/{obj.kind}"] += 1
+                        n += 1
+                except Exception as e:  # noqa: BLE001 - one unreadable item must not end a long pack
+                    detail = f"{type(e).__name__}: {e}"[:200]
+                    log.warning("%s item %r: %s\n%s", reader.name, item, detail, traceback.format_exc(limit=3))
+                    stats.reject("reader_error", detail=detail, **reader.ids(item))
     # the shard's name, relative to the manifest: remote write URLs (pipe: commands) are not read URLs
-    record = {"shard": task.name, "url": task.name, "source": reader.name,
-              "samples": n, "items": len(task.items), "stats": stats.to_dict()}
-    path = _record_path(dest, task.name)
-    tmp_rec = path.with_name(path.name + ".tmp")
-    tmp_rec.write_text(json.dumps(record))
-    os.replace(tmp_rec, path)
+    record = {"shard": task.name, "url": task.name, "source": reader.name, "samples": n, "items": len(task.items),
+              "inputs": inputs, "counts": stats.counts(), "report": stats.report}
+    write_record(dest, record)
     return record
 
 
-def _check_plan(dest: Destination, source: str, params: dict) -> None:
-    """Refuse to resume with settings that would cut the items into different shards."""
-    path = dest.state / f"{source}.plan"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != params:
-            raise ValueError(f"{dest.folder or dest.template}: source {source!r} was packed with {old}, now {params}; "
-                             f"resume with the same settings or pack into a fresh output")
-    else:
-        path.write_text(json.dumps(params))
+def _run(reader: Reader, todo: list[ShardTask], dest: Destination, max_side: int | None, workers: int,
+         done: Callable[[dict], None]) -> None:
+    if workers <= 1 or len(todo) <= 1:
+        for task in todo:
+            done(write_shard(reader, task, dest, max_side))
+        return
+    import webdataset  # noqa: F401 - imported once before the fork, not once per worker
 
-
-def build_manifest(dest: Destination) -> dict:
-    """Aggregate every finished shard's record into the manifest (and write it)."""
-    records = [json.loads(p.read_text()) for p in sorted(dest.state.glob("*.json"))]
-    total = PackStats()
-    sources: dict[str, dict] = {}
-    for r in records:
-        total.merge(PackStats.from_dict(r["stats"]))
-        s = sources.setdefault(r["source"], {"samples": 0, "shards": []})
-        s["samples"] += r["samples"]
-        s["shards"].append(r["url"])
-    manifest = {
-        "format": "anydoor-shards/1",
-        "total_samples": sum(s["samples"] for s in sources.values()),
-        "sources": sources,
-        **total.to_dict(),
-        "shards": [{"url": r["url"], "source": r["source"], "samples": r["samples"]} for r in records],
-    }
-    text = json.dumps(manifest, indent=1)
-    if dest.folder is not None:
-        tmp = dest.folder / (MANIFEST + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, dest.folder / MANIFEST)
-    else:
-        (dest.state / MANIFEST).write_text(text)  # local copy; the CLI also writes it through the template
-    return manifest
+    with worker_pool(min(workers, len(todo))) as pool:
+        futures = [pool.submit(write_shard, reader, task, dest, max_side) for task in todo]
+        for future in as_completed(futures):
+            done(future.result())
 
 
 def pack(
@@ -166,32 +103,41 @@ def pack(
     max_side: int | None = None,
     state_dir: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    allow_empty: bool = False,
 ) -> dict:
-    """Pack ``reader`` into ``out``; returns the manifest. Finished shards from earlier runs are kept."""
+    """Pack ``reader`` into ``out``; returns the manifest. Finished shards of an earlier run with the
+    same settings and input are kept; other ones stop the pack (``InputError``) unless ``overwrite``."""
     from tqdm import tqdm
 
     dest = Destination.parse(out, state_dir)
-    if dest.folder is not None:
-        dest.folder.mkdir(parents=True, exist_ok=True)
-    dest.state.mkdir(parents=True, exist_ok=True)
-    tasks = plan(reader, items_per_shard)
-    _check_plan(dest, reader.name, {"items": sum(len(t.items) for t in tasks), "items_per_shard": items_per_shard, "max_side": max_side})
-    todo = [t for t in tasks if not _record_path(dest, t.name).is_file()]
-    if len(todo) < len(tasks):
-        log.info("%s: %d of %d shards already done, resuming", reader.name, len(tasks) - len(todo), len(tasks))
-    bar = tqdm(total=len(todo), desc=f"pack {reader.name}", unit="shard", disable=not progress)
-    samples = 0
-    if workers <= 1:
-        for t in todo:
-            samples += write_shard(reader, t, dest, max_side)["samples"]
+    tasks = plan(reader, items_per_shard)  # reads and checks the source: nothing is written before
+    if not tasks and not allow_empty:
+        raise InputError(f"nothing to pack for {reader.name!r}: no {reader.describe()} (--allow-empty accepts an empty source)")
+    fingerprint = {"format": FORMAT, "items": sum(len(t.items) for t in tasks),
+                   "options": options(reader, items_per_shard=items_per_shard, max_side=max_side)}
+    with locked(dest):
+        if overwrite:
+            forget_source(dest, reader.name)
+        done = finished_shards(dest, reader, tasks, fingerprint)
+        write_plan(dest, reader.name, fingerprint)
+        todo = [t for t in tasks if t.name not in done]
+        if done:
+            log.info("%s: %d of %d shards already done, resuming", reader.name, len(done), len(tasks))
+        bar = tqdm(total=len(todo), desc=f"pack {reader.name}", unit="shard", disable=not progress)
+        samples = [0]
+
+        def finished(record: dict) -> None:
+            samples[0] += record["samples"]
             bar.update()
-            bar.set_postfix(samples=samples)
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            futures = [pool.submit(write_shard, reader, t, dest, max_side) for t in todo]
-            for f in as_completed(futures):
-                samples += f.result()["samples"]
-                bar.update()
-                bar.set_postfix(samples=samples)
-    bar.close()
-    return build_manifest(dest)
+            bar.set_postfix(samples=samples[0])
+
+        try:
+            _run(reader, todo, dest, max_side, workers, finished)
+        except KeyboardInterrupt:  # the workers are stopped; count the records, as workers may finish unseen
+            finished_now = len(dest.records(reader.name))
+            raise PackInterrupted(f"interrupted: {finished_now} of {len(tasks)} shards of {reader.name!r} are finished in "
+                                  f"{dest.where}; run the same command again to resume") from None
+        finally:
+            bar.close()
+        return build_manifest(dest)

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from datamodules.packing.state import START_OVER, read_state
+from datamodules.packing.stats import InputError
+from datamodules.packing.workers import worker_pool
+from src.files import atomic_write
 
 SHAPES = ("ellipse", "rectangle", "triangle", "star", "ring", "cross")
 TEXTURES = ("stripes", "checker", "dots", "gradient", "noise")
@@ -192,12 +198,6 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_video(folder: Path, index: int, seed: int, cfg: SyntheticConfig) -> Path:
     """``syn_<index>.mp4`` + ``syn_<index>_manual.json`` (SA-V masklets, every ``VIDEO_STRIDE``-th frame)."""
     stem = f"syn_{index:06d}"
@@ -206,7 +206,7 @@ def write_video(folder: Path, index: int, seed: int, cfg: SyntheticConfig) -> Pa
         return mp4
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, index]))
     frames, masks = render(rng, cfg, cfg.frames)
-    tmp = folder / f"{stem}.tmp.mp4"
+    tmp = folder / f".{stem}.tmp.mp4"  # hidden from the reader; OpenCV picks the container from the extension
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), cfg.fps, (cfg.width, cfg.height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write mp4 ({tmp}); is the mp4v codec available?")
@@ -224,7 +224,7 @@ def write_video(folder: Path, index: int, seed: int, cfg: SyntheticConfig) -> Pa
         "masklet": [[_rle(masks[t][j]) for j in range(n_obj)] for t in annotated],
         "masklet_num": n_obj,
     }
-    _atomic_write(ann, json.dumps(data).encode())
+    atomic_write(ann, json.dumps(data).encode())
     os.replace(tmp, mp4)
     return mp4
 
@@ -240,10 +240,10 @@ def write_image(folder: Path, index: int, seed: int, cfg: SyntheticConfig) -> Pa
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode {jpg}")
-    _atomic_write(jpg, data.tobytes())
+    atomic_write(jpg, data.tobytes())
     anns = [{"id": j, "segmentation": _rle(m), "area": int(m.sum())} for j, m in enumerate(masks[0])]
     info = {"image_id": index, "file_name": jpg.name, "height": cfg.height, "width": cfg.width}
-    _atomic_write(ann, json.dumps({"image": info, "annotations": anns}).encode())
+    atomic_write(ann, json.dumps({"image": info, "annotations": anns}).encode())
     return jpg
 
 
@@ -252,31 +252,46 @@ def _write_one(job: tuple[str, Path, int, int, SyntheticConfig]) -> Path:
     return (write_video if kind == "video" else write_image)(folder, index, seed, cfg)
 
 
-def generate(raw: Path, *, seed: int, videos: int, images: int, cfg: SyntheticConfig, workers: int = 1, progress: bool = True) -> tuple[Path, Path]:
-    """Write the raw clips and stills (skipping files already there); returns their two folders."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+def generate(raw: Path, *, seed: int, videos: int, images: int, cfg: SyntheticConfig, workers: int = 1,
+             progress: bool = True, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write the raw clips and stills (skipping files already there); returns their two folders.
 
+    Files already there are reused on a re-run, so they must come from the same settings: other
+    settings stop with a message unless ``overwrite``, which deletes them first.
+    """
     from tqdm import tqdm
 
-    vdir, idir = raw / "videos", raw / "images"
-    vdir.mkdir(parents=True, exist_ok=True)
-    idir.mkdir(parents=True, exist_ok=True)
-    # files already there are reused on a re-run, so they must come from the same settings
     settings = {"seed": seed, **cfg.__dict__}
     record = raw / "settings.json"
-    if record.is_file() and json.loads(record.read_text()) != settings:
-        raise ValueError(f"{raw} was generated with {json.loads(record.read_text())}, now {settings}; use a fresh --out")
-    record.write_text(json.dumps(settings))
+    if record.is_file() and overwrite:
+        try:
+            same = read_state(record) == settings
+        except InputError:  # unreadable: what the files were made with is unknown
+            same = False
+        if not same:
+            shutil.rmtree(raw)
+    elif record.is_file():
+        old = read_state(record)  # unreadable: stops, naming the file and --overwrite
+        if old != settings:
+            changed = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
+            raise InputError(f"{raw} was generated with other settings ({changed}); {START_OVER}")
+    vdir, idir = raw / "videos", raw / "images"
+    for folder in (vdir, idir):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*tmp*"):  # temporaries of a stopped run (finished files are whole: atomic)
+            stale.unlink()
+    atomic_write(record, json.dumps(settings))
     jobs = [("video", vdir, i, seed, cfg) for i in range(videos)] + [("image", idir, i, seed, cfg) for i in range(images)]
     bar = tqdm(total=len(jobs), desc="synthesize", unit="file", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            _write_one(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            for _ in pool.map(_write_one, jobs, chunksize=4):
+    try:
+        if workers <= 1:
+            for job in jobs:
+                _write_one(job)
                 bar.update()
-    bar.close()
+        else:
+            with worker_pool(workers) as pool:
+                for _ in pool.map(_write_one, jobs, chunksize=4):
+                    bar.update()
+    finally:
+        bar.close()
     return vdir, idir

@@ -120,3 +120,25 @@ def synthetic_shards(tmp_path_factory) -> Path:
                "--frame-size", "128x72", "--frames", "8", "--workers", "1", "--no-progress", "--items-per-shard", "2"])
     assert rc == 0
     return out
+
+
+def make_messy_vos(root: Path) -> Path:
+    """A VOS folder with one of most things that go wrong in real ones (the docs' report sample)."""
+    make_vos(root, videos=4, frames=5)
+    frames, masks = root / "JPEGImages", root / "Annotations"
+    data = (frames / "vid0" / "00000.jpg").read_bytes()
+    (frames / "vid0" / "00000.jpg").write_bytes(data[: len(data) // 2])  # truncated
+    (frames / "vid0" / "00005.jpg").write_bytes(b"")  # empty
+    (masks / "vid1" / "00010.png").unlink()  # a frame without its mask
+    one = np.zeros((48, 64), np.uint8)
+    one[5, 5] = 1
+    palette_png(masks / "vid1" / "00015.png", one + 2 * disk(48, 64, 44, 32, 8))  # object 1 is one pixel here
+    Image.fromarray(np.ones((48, 64), np.uint16) * 300).save(masks / "vid2" / "00000.png")  # 16-bit
+    palette_png(masks / "vid2" / "00005.png", disk(48, 64, 14, 16, 2) + 2 * disk(48, 64, 44, 32, 8))  # object 1 a speck
+    (frames / "vid4").mkdir()  # frames without any mask folder
+    Image.fromarray(textured(48, 64, 9)).save(frames / "vid4" / "00000.jpg")
+    meta = {"videos": {v: {"objects": {"1": {}, "2": {}}} for v in ("vid0", "vid1", "vid2", "vid4")}}
+    meta["videos"]["vid1"]["objects"]["5"] = {}  # listed, in no frame
+    meta["videos"]["lost"] = {"objects": {"1": {}}}  # listed, no frame folder; vid3 is not listed
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root

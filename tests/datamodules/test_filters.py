@@ -19,7 +19,7 @@ def mask_with(*rects: tuple[int, int, int, int], hw=(100, 100)) -> np.ndarray:
     "mask, reason",
     [
         (mask_with(), "mask_empty"),
-        (mask_with((5, 5, 6, 6)), "mask_empty"),  # one pixel
+        (mask_with((5, 5, 6, 6)), "mask_too_small"),  # one pixel
         (mask_with((0, 0, 9, 9)), "area_too_small"),  # 0.81 %
         (mask_with((0, 0, 90, 90)), "area_too_large"),  # 81 %
         (mask_with((0, 0, 100, 5)), "box_too_small"),  # 5 % area but only 5 % of the height
@@ -30,3 +30,10 @@ def mask_with(*rects: tuple[int, int, int, int], hw=(100, 100)) -> np.ndarray:
 )
 def test_rules(mask, reason):
     assert MaskRules().check(mask) == reason
+
+
+def test_rules_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="--min-area"):
+        MaskRules(min_area=0.5, max_area=0.2)
+    with pytest.raises(ValueError, match="--min-connectivity"):
+        MaskRules(min_connectivity=1.5)

@@ -66,6 +66,16 @@ def test_video_png_masks(tmp_path):
     assert check_sample(samples[0])["frames"] == [0, 1, 2, 3, 4, 5]
 
 
+def test_video_masklets_in_their_own_folder(tmp_path):
+    root = make_video(tmp_path / "videos" / "day1", frames=8, masks="sav", stride=2).parent
+    (tmp_path / "ann" / "day1").mkdir(parents=True)
+    (root / "day1" / "clip_manual.json").rename(tmp_path / "ann" / "day1" / "clip_manual.json")
+    reader = VideoReader(str(root), name="sav", frame_stride=2, masks_dir=str(tmp_path / "ann"))
+    assert reader.inputs("day1/clip.mp4") == [root / "day1" / "clip.mp4", tmp_path / "ann" / "day1" / "clip_manual.json"]
+    samples, manifest = read_back_pack(reader, tmp_path / "out")
+    assert manifest["samples"] == {"sav/video": 1} and check_sample(samples[0])["id"] == "day1/clip"
+
+
 def test_coco_polygons_and_rle(tmp_path):
     ann, images = make_coco(tmp_path / "coco")
     samples, manifest = read_back_pack(CocoReader(str(ann), str(images)), tmp_path / "out")

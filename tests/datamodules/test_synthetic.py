@@ -54,5 +54,31 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
 
     generate(tmp_path, seed=0, videos=1, images=1, cfg=CFG, progress=False)
     generate(tmp_path, seed=0, videos=2, images=1, cfg=CFG, progress=False)  # more of the same: fine
-    with pytest.raises(ValueError, match="fresh --out"):
+    with pytest.raises(ValueError, match=r"seed 0 -> 1.*--overwrite"):
         generate(tmp_path, seed=1, videos=1, images=1, cfg=CFG, progress=False)
+    generate(tmp_path, seed=1, videos=1, images=1, cfg=CFG, progress=False, overwrite=True)  # deletes the old files first
+    assert json.loads((tmp_path / "settings.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["syn_000000.mp4", "syn_000000_manual.json"]
+
+
+def test_truncated_settings_file_is_named_with_the_fix(tmp_path):
+    import pytest
+
+    from datamodules.packing.synthetic import generate
+
+    generate(tmp_path, seed=0, videos=0, images=1, cfg=CFG, progress=False)
+    (tmp_path / "settings.json").write_text('{"seed": 0, "wid')
+    with pytest.raises(ValueError, match=r"settings\.json: unreadable pack state \(.*\); start over with --overwrite"):
+        generate(tmp_path, seed=0, videos=0, images=1, cfg=CFG, progress=False)
+    generate(tmp_path, seed=0, videos=0, images=1, cfg=CFG, progress=False, overwrite=True)  # the fix works
+    assert json.loads((tmp_path / "settings.json").read_text())["seed"] == 0
+
+
+def test_temporaries_of_a_stopped_run_are_removed(tmp_path):
+    from datamodules.packing.synthetic import generate
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / ".syn_000000.tmp.mp4").write_bytes(b"half a video")
+    (tmp_path / "videos" / ".syn_000000_manual.json.tmp-1a2b3c4d").write_text("{")
+    generate(tmp_path, seed=0, videos=1, images=0, cfg=CFG, progress=False)
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["syn_000000.mp4", "syn_000000_manual.json"]
