@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.methods import latest
+from src.files import atomic_path
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -108,8 +109,8 @@ def plot_training(
         ax_psnr.legend(fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     return out_png
 
 

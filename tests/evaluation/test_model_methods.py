@@ -4,7 +4,8 @@ import pytest
 import torch
 import yaml
 
-from evaluation.jobs import load_jobs, prepare_job
+from evaluation.jobs import prepare_job
+from src.jobs import read_jobs
 from evaluation.methods import ModuleMethod, PipelineMethod
 from evaluation.runner import evaluate
 from tests.fakes import TINY_MODEL_KWARGS
@@ -23,7 +24,7 @@ def tiny_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared(job_folder):
-    return [prepare_job(j, SIZE) for j in load_jobs(job_folder)]
+    return [prepare_job(j, SIZE) for j in read_jobs(job_folder)]
 
 
 def test_pipeline_method_is_seeded_per_job(prepared):
@@ -55,11 +56,11 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
     sub = name.removeprefix("denoiser.unet.")
     assert torch.equal(trained.pipeline.unet.state_dict()[sub], state[name])
     assert not torch.allclose(untrained(prepared[:1]), trained(prepared[:1]))
-    result = evaluate(load_jobs(job_folder), {"untrained": untrained, "trained": trained}, tmp_path / "eval", size=SIZE, save_images=False)
+    result = evaluate(read_jobs(job_folder), {"untrained": untrained, "trained": trained}, tmp_path / "eval", size=SIZE, save_images=False)
     assert result["summary"]["trained"]["psnr_box"]["n"] == 3
     from evaluation.curves import score_checkpoints
 
-    series = score_checkpoints(None, str(run / "checkpoints" / "*.ckpt"), load_jobs(job_folder)[:1], size=SIZE)
+    series = score_checkpoints(None, str(run / "checkpoints" / "*.ckpt"), read_jobs(job_folder)[:1], size=SIZE)
     assert [r["step"] for r in series] == [0, 7] and all("psnr_box" in r for r in series)
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {"nope": torch.zeros(1)}}, bad)

@@ -3,7 +3,8 @@ import json
 import pytest
 import yaml
 
-from evaluation.jobs import load_jobs, prepare_job
+from evaluation.jobs import prepare_job
+from src.jobs import read_jobs
 from evaluation.shard_jobs import jobs_from_shards
 from src.cli.main import main
 
@@ -17,7 +18,7 @@ def test_jobs_from_shards_are_deterministic(heldout_shards, tmp_path):
     assert kinds == {"video", "image"}
     for name in ("reference", "target"):
         assert (tmp_path / "a" / a["jobs"][0][name]).read_bytes() == (tmp_path / "b" / b["jobs"][0][name]).read_bytes()
-    jobs = load_jobs(first)
+    jobs = read_jobs(first)
     job = prepare_job(jobs[0], 32)
     assert job.has_mask and job.ground_truth is not None
     assert len(jobs_from_shards(heldout_shards, tmp_path / "c", limit=1).read_text()) < len(first.read_text())
@@ -37,7 +38,7 @@ def test_cli_eval_on_shards_with_config(heldout_shards, tmp_path):
 def test_cli_eval_generated_folder_and_errors(job_folder, tmp_path, capsys):
     gen = tmp_path / "gen"
     gen.mkdir()
-    for job in load_jobs(job_folder):
+    for job in read_jobs(job_folder):
         (gen / f"{job.name}.png").write_bytes(job.ground_truth.read_bytes())
     assert main(["eval", "--jobs", str(job_folder), "--out", str(tmp_path / "o"), "--size", "32", "--generated", f"mine={gen}", "--no-baselines"]) == 0
     assert "| mine |" in capsys.readouterr().out
@@ -45,18 +46,21 @@ def test_cli_eval_generated_folder_and_errors(job_folder, tmp_path, capsys):
         main(["eval", "--out", str(tmp_path / "x")])
     bad = tmp_path / "bad.yaml"
     bad.write_text("jobz: 1\n")
-    with pytest.raises(SystemExit, match="unknown keys"):
+    with pytest.raises(SystemExit, match=r"bad.yaml: .*'jobz' is not accepted"):
+        main(["eval", "--config", str(bad)])
+    bad.write_text("jobs: x\nbatch_size: -3\n")
+    with pytest.raises(SystemExit, match=r"bad.yaml: .*batch_size"):
         main(["eval", "--config", str(bad)])
     with pytest.raises(SystemExit, match="no such job"):
         main(["eval", "--jobs", str(tmp_path / "missing.json")])
 
 
 def test_run_placeholder_points_every_setting_at_one_run(tmp_path, job_folder):
-    from src.cli.evaluate import fill_run
+    from evaluation.config import ConfigError, fill_run
 
     spec = {"a": {"init_args": {"checkpoint": "{run}/checkpoints/last.ckpt"}}, "b": ["{run}"], "c": 3}
     assert fill_run(spec, "/r/v1") == {"a": {"init_args": {"checkpoint": "/r/v1/checkpoints/last.ckpt"}}, "b": ["/r/v1"], "c": 3}
-    with pytest.raises(SystemExit, match="needs a training run"):
+    with pytest.raises(ConfigError, match="needs a training run"):
         fill_run("{run}/x", None)
     with pytest.raises(SystemExit, match="make train"):
         main(["eval", "--jobs", str(job_folder), "--out", str(tmp_path), "--run", str(tmp_path / "version_*")])
