@@ -5,9 +5,9 @@ import torch
 import yaml
 
 from evaluation.jobs import prepare_job
-from src.jobs import read_jobs
 from evaluation.methods import ModuleMethod, PipelineMethod
 from evaluation.runner import evaluate
+from src.jobs import read_jobs
 from tests.fakes import TINY_MODEL_KWARGS
 
 SIZE = 32
@@ -68,3 +68,24 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
         ModuleMethod(tiny_config, checkpoint=bad)
     with pytest.raises(FileNotFoundError, match="make train"):
         ModuleMethod(tiny_config, checkpoint=str(tmp_path / "none" / "*.ckpt"))
+
+
+def test_a_job_files_seed_sets_the_noise(prepared):
+    from dataclasses import replace
+
+    from models.pipeline import random_pipeline
+
+    method = PipelineMethod(random_pipeline("tiny"), steps=1, guidance=1.0)
+    same = [replace(prepared[0], seed=5), replace(prepared[0], seed=5, name="renamed"), replace(prepared[0], seed=6)]
+    out = method(same)
+    assert torch.equal(out[0], out[1]) and not torch.allclose(out[0], out[2])  # the seed, not the name, decides
+
+
+def test_eval_cli_prints_the_resolved_sampler(job_folder, tmp_path, capsys):
+    from models.pipeline import random_pipeline
+    from src.cli.main import main
+
+    random_pipeline("tiny").save_pretrained(tmp_path / "model")
+    assert main(["eval", "--jobs", str(job_folder), "--model", f"tiny={tmp_path / 'model'}", "--steps", "1",
+                 "--no-baselines", "--out", str(tmp_path / "out"), "--grid-rows", "0"]) == 0
+    assert f"tiny: sampling ddim, 1 step(s), guidance 5 ({tmp_path / 'model'})" in capsys.readouterr().err

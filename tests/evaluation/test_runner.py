@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from evaluation.jobs import prepare_job
-from src.jobs import read_jobs
 from evaluation.methods import BackgroundFill, CopyPaste, FromFolder, background_fill
 from evaluation.runner import evaluate
+from src.jobs import read_jobs
 
 SIZE = 48
 

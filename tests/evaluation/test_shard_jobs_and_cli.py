@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from evaluation.jobs import prepare_job
-from src.jobs import read_jobs
 from evaluation.shard_jobs import jobs_from_shards
 from src.cli.main import main
+from src.jobs import read_jobs
 
 
 def test_jobs_from_shards_are_deterministic(heldout_shards, tmp_path):
@@ -64,3 +64,19 @@ def test_run_placeholder_points_every_setting_at_one_run(tmp_path, job_folder):
         fill_run("{run}/x", None)
     with pytest.raises(SystemExit, match="make train"):
         main(["eval", "--jobs", str(job_folder), "--out", str(tmp_path), "--run", str(tmp_path / "version_*")])
+
+
+def test_generate_then_eval_one_job_file(job_folder, tmp_path, capsys):
+    """The shared schema end to end: `generate --jobs F --out-dir G` writes <name>.png, which
+    `eval --jobs F --generated G` scores (the composited full images, cut to each job's crop)."""
+    from models.pipeline import random_pipeline
+
+    random_pipeline("tiny").save_pretrained(tmp_path / "model")
+    assert main(["generate", "--jobs", str(job_folder / "jobs.json"), "--model", str(tmp_path / "model"), "--steps", "1",
+                 "--out-dir", str(tmp_path / "gen")]) == 0
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["job0.png", "job1.png", "job2.png"]
+    capsys.readouterr()
+    assert main(["eval", "--jobs", str(job_folder), "--generated", f"tiny={tmp_path / 'gen'}", "--size", "32",
+                 "--out", str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]
+    assert summary["tiny"]["psnr_box"]["n"] == 3 and summary["tiny"]["psnr_bg"]["n"] == 3
