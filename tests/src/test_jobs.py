@@ -9,19 +9,12 @@ from PIL import Image
 
 from src.image_io import ImageError
 from src.jobs import JobSpec, binary_mask, parse_box, read_jobs, read_mask
+from tests.src.job_files import write_job_images
 
 
 @pytest.fixture()
 def images(tmp_path):
-    rng = np.random.default_rng(0)
-    ref = rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)
-    ref[..., 3] = 0
-    ref[5:25, 10:30, 3] = 255
-    Image.fromarray(ref).save(tmp_path / "ref.png")
-    Image.fromarray(ref[..., :3].copy()).save(tmp_path / "ref_rgb.png")
-    Image.fromarray(ref[..., 3].copy()).save(tmp_path / "ref_mask.png")
-    target = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
-    Image.fromarray(target).save(tmp_path / "scene.png")
+    write_job_images(tmp_path, (30, 40), (50, 60))  # object: reference rows 5:25, columns 6:30
     mask = np.zeros((50, 60), np.uint8)
     mask[10:30, 20:40] = 1  # a 0/1 mask saved as 8-bit
     Image.fromarray(mask).save(tmp_path / "mask01.png")
@@ -109,7 +102,7 @@ def test_one_mask_rule():
 def test_read_gives_the_pipeline_job_arrays(images):
     rgba = JobSpec(reference=images / "ref.png", target=images / "scene.png", box=(20, 10, 40, 30), source="j")
     arrays = rgba.read()
-    assert arrays["reference"].shape == (30, 40, 3) and arrays["reference_mask"].sum() == 20 * 20  # alpha = mask
+    assert arrays["reference"].shape == (30, 40, 3) and arrays["reference_mask"].sum() == 20 * 24  # alpha = mask
     assert arrays["target"].shape == (50, 60, 3) and arrays["box"] == (20, 10, 40, 30) and arrays["target_mask"] is None
     with_mask = JobSpec(reference=images / "ref_rgb.png", reference_mask=images / "ref_mask.png",
                         target=images / "scene.png", target_mask=images / "mask01.png").read()

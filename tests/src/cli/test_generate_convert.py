@@ -17,6 +17,7 @@ from PIL import Image
 from models.pipeline import random_pipeline
 from src.cli.main import main
 from tests.models.components.ldm_layout import TINY_YAML, tiny_models
+from tests.src.job_files import write_job_images
 
 ROOT = Path(__file__).resolve().parents[3]
 REGION = re.compile(r"^(.+): changed region (\d+) (\d+) (\d+) (\d+)$", re.M)
@@ -31,15 +32,7 @@ def anydoor(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
-    rng = np.random.default_rng(0)
-    rgba = rng.integers(0, 256, (60, 50, 4), dtype=np.uint8)
-    rgba[..., 3] = 0
-    rgba[10:50, 8:40, 3] = 255
-    Image.fromarray(rgba).save(d / "ref.png")
-    Image.fromarray(rgba[..., :3].copy()).save(d / "ref_rgb.jpg")
-    Image.fromarray(rgba[..., 3]).save(d / "ref_mask.png")
-    target = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
-    Image.fromarray(target).save(d / "scene.png")
+    write_job_images(d, (60, 50), (100, 120), rgb_ext="jpg")
     mask = np.zeros((100, 120), np.uint8)
     mask[30:70, 40:90] = 255
     Image.fromarray(mask).save(d / "mask.png")
@@ -48,7 +41,7 @@ def files(tmp_path_factory):
     # 16-bit grayscale: what Pillow's convert("RGB") clipped to a white sheet
     gray16 = np.linspace(0, 65535, 100 * 120).reshape(100, 120).astype(np.uint16)
     Image.fromarray(gray16).save(d / "scene16.png")
-    Image.fromarray((rgba[..., 0].astype(np.uint16) * 257)).save(d / "ref16.png")
+    Image.fromarray(np.asarray(Image.open(d / "ref.png"))[..., 0].astype(np.uint16) * 257).save(d / "ref16.png")
     # 100 MP (above the 64 MP default limit) but a tiny file: 1-bit, all black
     Image.new("1", (10_000, 10_000)).save(d / "huge.png")
     random_pipeline("tiny", seed=0).save_pretrained(d / "model")
