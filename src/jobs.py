@@ -175,7 +175,7 @@ class JobSpec:
 
 def _records_from_json(path: Path) -> list[Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     entries = data.get("jobs") if isinstance(data, dict) else data
@@ -186,7 +186,7 @@ def _records_from_json(path: Path) -> list[Any]:
 
 def _records_from_csv(path: Path) -> list[dict[str, str]]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start with a BOM
             reader = csv.DictReader(f)
             rows = list(reader)
     except (csv.Error, UnicodeDecodeError) as err:

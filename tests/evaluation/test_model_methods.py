@@ -89,3 +89,26 @@ def test_eval_cli_prints_the_resolved_sampler(job_folder, tmp_path, capsys):
     assert main(["eval", "--jobs", str(job_folder), "--model", f"tiny={tmp_path / 'model'}", "--steps", "1",
                  "--no-baselines", "--out", str(tmp_path / "out"), "--grid-rows", "0"]) == 0
     assert f"tiny: sampling ddim, 1 step(s), guidance 5 ({tmp_path / 'model'})" in capsys.readouterr().err
+
+
+def test_unreadable_and_code_carrying_checkpoints_are_refused(tmp_path):
+    import os
+
+    from evaluation.methods import read_checkpoint
+
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.ckpt: not a readable checkpoint"):
+        read_checkpoint(tmp_path / "junk.ckpt")
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"state_dict": {}, "payload": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(ValueError, match="evil.ckpt: holds objects other than tensors and plain data: refused"):
+        read_checkpoint(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="plain.ckpt: not a Lightning checkpoint"):
+        read_checkpoint(tmp_path / "plain.ckpt")

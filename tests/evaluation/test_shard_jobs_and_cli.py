@@ -53,6 +53,16 @@ def test_cli_eval_generated_folder_and_errors(job_folder, tmp_path, capsys):
         main(["eval", "--config", str(bad)])
     with pytest.raises(SystemExit, match="no such job"):
         main(["eval", "--jobs", str(tmp_path / "missing.json")])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "bad_jobs.json").write_text(json.dumps([
+        {"reference": "broken.png", "target": str(job_folder / "j0_target.png"), "box": [1, 1, 9, 9]},
+        {"reference": "gone.png", "target": str(job_folder / "j0_target.png"), "box": [1, 1, 9, 9]}]))
+    with pytest.raises(SystemExit, match=r"^anydoor eval: .*bad_jobs.json job 1: reference .*gone.png: no such file$"):
+        main(["eval", "--jobs", str(tmp_path / "bad_jobs.json"), "--out", str(tmp_path / "b")])  # before any model
+    (tmp_path / "bad_jobs.json").write_text(json.dumps([
+        {"reference": "broken.png", "target": str(job_folder / "j0_target.png"), "box": [1, 1, 9, 9]}]))
+    with pytest.raises(SystemExit, match=r"^anydoor eval: .*bad_jobs.json job 0: .*broken.png: not an image file"):
+        main(["eval", "--jobs", str(tmp_path / "bad_jobs.json"), "--out", str(tmp_path / "b")])
 
 
 def test_run_placeholder_points_every_setting_at_one_run(tmp_path, job_folder):

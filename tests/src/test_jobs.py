@@ -29,8 +29,8 @@ def test_json_csv_and_folder_give_the_same_jobs(images):
          "target_mask": "mask01.png", "name": "second", "kind": "image", "ground_truth": "scene.png"},
     ]
     (images / "jobs.json").write_text(json.dumps(records))
-    (images / "sub" / "jobs.csv").write_text(
-        "reference,reference_mask,target,box,target_mask,ground_truth,out,seed,name,kind\n"
+    (images / "sub" / "jobs.csv").write_text(  # as a spreadsheet saves it: with a byte-order mark
+        "\ufeffreference,reference_mask,target,box,target_mask,ground_truth,out,seed,name,kind\n"
         "../ref.png,,../scene.png,20 10 40 30,,,../o/a.png,3,,\n"
         "../ref_rgb.png,../ref_mask.png,../scene.png,,../mask01.png,../scene.png,,,second,image\n")
     from_json, from_csv = read_jobs(images / "jobs.json"), read_jobs(images / "sub")
