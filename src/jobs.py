@@ -84,7 +84,8 @@ def parse_box(value: Any, where: str) -> tuple[int, int, int, int]:
     except (TypeError, ValueError):
         numbers = []
     if len(numbers) != 4 or not all(n.is_integer() for n in numbers):
-        raise ValueError(f"{where}: box must be four whole numbers x1 y1 x2 y2, got {value!r}")
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}box must be four whole numbers x1 y1 x2 y2, got {value!r}")
     x1, y1, x2, y2 = (int(n) for n in numbers)
     return x1, y1, x2, y2
 
@@ -108,25 +109,29 @@ class JobSpec:
     @classmethod
     def from_record(cls, record: Mapping[str, Any], base: Path | None, source: str, index: int = 0) -> JobSpec:
         """Validate one record (a JSON object, CSV row or job folder); paths relative to ``base``."""
+
+        def error(message: str) -> ValueError:
+            return ValueError(f"{source}: {message}" if source else message)
+
         if not isinstance(record, Mapping):
-            raise ValueError(f"{source}: a job must be an object with keys, got {type(record).__name__}")
+            raise error(f"a job must be an object with keys, got {type(record).__name__}")
         for old, new in RENAMED.items():
             if old in record:
-                raise ValueError(f"{source}: key {old!r} is now {new!r} (one job schema for generate and eval)")
+                raise error(f"key {old!r} is now {new!r} (one job schema for generate and eval)")
         unknown = sorted(set(record) - set(KEYS))
         if unknown:
-            raise ValueError(f"{source}: unknown keys {unknown} (known: {', '.join(KEYS)})")
+            raise error(f"unknown keys {unknown} (known: {', '.join(KEYS)})")
         record = {k: v for k, v in record.items() if v not in (None, "")}
         for key in ("reference", "target"):
             if key not in record:
-                raise ValueError(f"{source}: {key!r} is required")
+                raise error(f"{key!r} is required")
         if ("box" in record) == ("target_mask" in record):
-            raise ValueError(f"{source}: give exactly one of 'box' and 'target_mask'")
+            raise error("give exactly one of 'box' and 'target_mask'")
         values: dict[str, Any] = {"source": source}
         for key in PATH_KEYS:
             if key in record:
                 if not isinstance(record[key], str):
-                    raise ValueError(f"{source}: {key} must be a path string, got {record[key]!r}")
+                    raise error(f"{key} must be a path string, got {record[key]!r}")
                 path = Path(record[key]).expanduser()
                 values[key] = path if path.is_absolute() or base is None else base / path
         if "box" in record:
@@ -135,7 +140,7 @@ class JobSpec:
             try:
                 values["seed"] = int(str(record["seed"]))
             except ValueError:
-                raise ValueError(f"{source}: seed must be a whole number, got {record['seed']!r}") from None
+                raise error(f"seed must be a whole number, got {record['seed']!r}") from None
         values["name"] = str(record.get("name", f"{index:05d}_{values['target'].stem}"))
         values["kind"] = str(record.get("kind", "job"))
         return cls(**values)
