@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.methods import latest
+from src.files import atomic_path
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -46,9 +47,7 @@ def score_checkpoints(config: str | Path | None, pattern: str, jobs: list, size:
     """Held-out PSNR of the untrained model and of every checkpoint matching ``pattern``, by step.
 
     ``config`` None: the run's own ``config.yaml`` next to the checkpoints folder."""
-    import torch
-
-    from evaluation.methods import ModuleMethod
+    from evaluation.methods import ModuleMethod, read_checkpoint
     from evaluation.runner import evaluate
 
     paths = sorted(glob.glob(pattern))
@@ -56,7 +55,7 @@ def score_checkpoints(config: str | Path | None, pattern: str, jobs: list, size:
         raise FileNotFoundError(f"no checkpoint matches {pattern}")
     by_step: dict[int, str | None] = {0: None}
     for p in paths:
-        step = int(torch.load(p, map_location="cpu", weights_only=True).get("global_step", -1))
+        step = int(read_checkpoint(p).get("global_step", -1))
         by_step.setdefault(step, p)  # last.ckpt repeats a step: keep one
     if config is None:
         config = Path(paths[0]).parent.parent / "config.yaml"
@@ -108,8 +107,8 @@ def plot_training(
         ax_psnr.legend(fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     return out_png
 
 

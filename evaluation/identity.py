@@ -44,7 +44,15 @@ def object_on_white(image: Tensor, mask: Tensor | None = None, box: Sequence[int
     return F.interpolate(obj[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
-class DinoScorer(nn.Module):
+class Scorer(nn.Module):
+    """Base of every identity scorer an eval config may name (``class_path`` must be a subclass, see
+    ``evaluation.config``): ``embed`` maps ``B x 3 x H x W`` images in [0, 1] to ``B x D`` embeddings."""
+
+    def embed(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class DinoScorer(Scorer):
     """DINO-I: class token (after the final norm) of a timm ViT such as DINO ViT-S/16 or DINOv2.
 
     ``model_name`` is a timm architecture (e.g. ``vit_small_patch16_224`` for DINO, ``vit_giant_patch14_dinov2``
@@ -79,7 +87,7 @@ class DinoScorer(nn.Module):
         return self.model.forward_features(x)[:, 0]
 
 
-class ClipScorer(nn.Module):
+class ClipScorer(Scorer):
     """CLIP-I: open_clip image embedding.
 
     ``model`` is a built-in open_clip architecture name (e.g. ``ViT-B-32``) with ``weights`` a local file,

@@ -9,7 +9,7 @@ reference object, placed the way the collage places its high-frequency map.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,12 @@ from torch import Tensor
 from evaluation.jobs import PreparedJob, crop_generated
 
 
-class Method(Protocol):
-    def __call__(self, jobs: list[PreparedJob]) -> Tensor: ...
+class Method:
+    """Base of every method an eval config may name (``class_path`` must be a subclass, see
+    ``evaluation.config``): maps prepared jobs to generated crops ``B x 3 x S x S`` in [0, 1]."""
+
+    def __call__(self, jobs: list[PreparedJob]) -> Tensor:
+        raise NotImplementedError
 
 
 def background_fill(job: PreparedJob) -> Tensor:
@@ -38,14 +42,14 @@ def background_fill(job: PreparedJob) -> Tensor:
     return image
 
 
-class BackgroundFill:
+class BackgroundFill(Method):
     """Baseline: surroundings only, the box a flat mean colour."""
 
     def __call__(self, jobs: list[PreparedJob]) -> Tensor:
         return torch.stack([background_fill(j) for j in jobs])
 
 
-class CopyPaste:
+class CopyPaste(Method):
     """Baseline: the 224 px reference (object on white with its margin) resized into the box and pasted
     through its mask over the background fill, exactly where the collage puts the hint."""
 
@@ -63,7 +67,7 @@ class CopyPaste:
         return torch.stack(out)
 
 
-class FromFolder:
+class FromFolder(Method):
     """Already generated full-size images ``<folder>/<job name>.<ext>``, cut to each job's crop."""
 
     def __init__(self, folder: str | Path, extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")):
@@ -81,6 +85,25 @@ class FromFolder:
         return torch.stack(out)
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as data only (``weights_only=True``: a pickle's code never runs). Any
+    failure is one ``ValueError`` naming the file: ``torch.load`` raises struct.error, RuntimeError,
+    UnpicklingError ... for truncated, foreign or code-carrying files, with no common type."""
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: holds objects other than tensors and plain data: refused "
+                         "(checkpoints are loaded as data only)") from None
+    except Exception as err:  # noqa: BLE001 - see the docstring; the file's name and torch's first line are kept
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return ckpt
+
+
 def latest(pattern: str | Path) -> Path:
     """``pattern`` itself, or with a ``*`` the newest match (e.g. the last training run's checkpoint)."""
     pattern = str(pattern)
@@ -94,14 +117,14 @@ def latest(pattern: str | Path) -> Path:
     return Path(hits[-1])
 
 
-class PipelineMethod:
+class PipelineMethod(Method):
     """Generate with an ``AnyDoorPipeline`` from a pretrained folder (``*`` picks the newest match).
 
     ``scheduler`` / ``steps`` / ``guidance`` default to what the folder recommends (its
     ``model_index.json``: the training recipe's sampler), else DDIM 50 steps, guidance 5 (see
-    ``AnyDoorPipeline.sampling_settings``). Each job's noise is
-    seeded from ``seed`` and the job's name, so outputs do not depend on the batch and every model
-    draws the same noise for the same job.
+    ``AnyDoorPipeline.sampling_settings``). Each job's noise is seeded with the job file's ``seed``
+    when it gives one, else from ``seed`` and the job's name, so outputs do not depend on the batch
+    and every model draws the same noise for the same job.
     """
 
     def __init__(
@@ -135,12 +158,9 @@ class PipelineMethod:
     def __call__(self, jobs: list[PreparedJob]) -> Tensor:
         from models.pipeline import Job as PipelineJob
 
-        calls = []
-        for job in jobs:
-            where = job.raw["where"]
-            place = {"box": where} if isinstance(where, tuple) else {"target_mask": where}
-            calls.append(PipelineJob(reference=job.raw["reference"], reference_mask=job.raw["reference_mask"], target=job.raw["target"], name=job.name, **place))
-        generators = [torch.Generator(self.device).manual_seed(self.seed + _job_seed(j.name)) for j in jobs]
+        calls = [PipelineJob(**job.raw) for job in jobs]
+        generators = [torch.Generator(self.device).manual_seed(j.seed if j.seed is not None else self.seed + _job_seed(j.name))
+                      for j in jobs]
         result = self.pipeline(
             calls, num_inference_steps=self.steps, guidance_scale=self.guidance, scheduler=self.scheduler, generator=generators, progress=False
         )
@@ -176,9 +196,7 @@ class ModuleMethod(PipelineMethod):
     ):
         import tempfile
 
-        import yaml
-
-        from evaluation.runner import instantiate
+        from evaluation.config import build_training_module
 
         path = latest(checkpoint) if checkpoint is not None else None
         if path is not None and not path.is_file():
@@ -190,15 +208,10 @@ class ModuleMethod(PipelineMethod):
         config = latest(config)
         if not config.is_file():
             raise FileNotFoundError(f"training config {config} does not exist")
-        spec = yaml.safe_load(config.read_text()) or {}
-        if "model" not in spec:
-            raise ValueError(f"{config}: no 'model' section (class_path/init_args)")
-        module = instantiate(spec["model"])
+        module = build_training_module(config)  # only the project's own classes (a run folder is untrusted)
         source = f"{config} (untrained)"
         if path is not None:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if "state_dict" not in ckpt:
-                raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+            ckpt = read_checkpoint(path)
             missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
             trainable = set(module.trainable_parameters())
             if unexpected or trainable - set(ckpt["state_dict"]):

@@ -7,7 +7,6 @@ and each method's crops under ``images/<method>/`` (re-scorable later with ``Fro
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections.abc import Mapping
@@ -20,8 +19,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from evaluation.identity import object_on_white
-from evaluation.jobs import Job, PreparedJob, prepare_job
+from evaluation.jobs import PreparedJob, prepare_jobs
 from src import metrics
+from src.files import atomic_path, atomic_write
+from src.image_io import DEFAULT_MAX_PIXELS, write_image
+from src.jobs import JobSpec
 
 # What each column means, for the report; identity columns are named after their scorer.
 METRIC_DOC = {
@@ -33,20 +35,9 @@ METRIC_DOC = {
 }
 
 
-def instantiate(spec: Any) -> Any:
-    """Build ``{class_path, init_args}`` (the configs' convention); anything else is returned as is."""
-    if not (isinstance(spec, Mapping) and "class_path" in spec):
-        return spec
-    module_name, _, name = spec["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {spec['class_path']!r}: {err}") from err
-    return cls(**{k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()})
-
-
 def _regions(job: PreparedJob) -> tuple[Tensor, Tensor]:
-    """(box mask, background mask = valid crop minus the box), each 1 x S x S."""
+    """(box mask, background mask = valid crop minus the box), each 1 x S x S: the background scores
+    (``psnr_bg``/``ssim_bg``) say how much of the scene outside the box a method kept."""
     s = job.target.shape[-1]
     box = metrics.box_mask([job.box], s, s)[0]
     valid = metrics.box_mask([job.valid], s, s)[0]
@@ -63,7 +54,7 @@ def score_job(job: PreparedJob, generated: Tensor, identity: Mapping[str, tuple[
     scores["ssim_bg"] = float(metrics.masked_ssim(g, target, background)[0])
     if job.ground_truth is not None:
         gt = job.ground_truth[None]
-        scores["psnr_box"] = float(metrics.masked_psnr(g, gt, box)[0])
+        scores["psnr_box"] = float(metrics.psnr_in_box(g, gt, [job.box])[0])
         if job.has_mask:
             scores["psnr_mask"] = float(metrics.masked_psnr(g, gt, job.object_mask)[0])
             scores["ssim_mask"] = float(metrics.masked_ssim(g, gt, job.object_mask)[0])
@@ -125,7 +116,8 @@ def save_grid(path: Path, jobs: list[PreparedJob], outputs: Mapping[str, Tensor]
         cells += [out[r] for out in outputs.values()]
         for c, cell in enumerate(cells):
             canvas.paste(Image.fromarray(_to_uint8(cell)), (c * (s + 2), header + r * (s + 2)))
-    canvas.save(path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def _clean(value: Any) -> Any:
@@ -140,7 +132,7 @@ def _clean(value: Any) -> Any:
 
 
 def evaluate(
-    jobs: list[Job],
+    jobs: list[JobSpec],
     methods: Mapping[str, Any],
     out_dir: str | Path,
     *,
@@ -150,6 +142,7 @@ def evaluate(
     grid_rows: int = 8,
     save_images: bool = True,
     settings: Mapping[str, Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Run ``methods`` on ``jobs``, score, write the report to ``out_dir``; return the metrics dict."""
     if not jobs:
@@ -159,7 +152,7 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scorers = dict(scorers or {})
-    prepared = [prepare_job(j, size) for j in tqdm(jobs, desc="prepare jobs", unit="job")]
+    prepared = prepare_jobs(jobs, size, max_pixels)
     identity_refs = {
         name: torch.cat([scorer.embed(torch.stack([p.reference_object for p in prepared[i : i + batch_size]])) for i in range(0, len(prepared), batch_size)])
         for name, scorer in scorers.items()
@@ -186,12 +179,8 @@ def evaluate(
             rows.append({"job": job.name, "kind": job.kind, **score_job(job, image, identity)})
         per_job[method_name] = rows
         if save_images:
-            from PIL import Image
-
-            folder = out_dir / "images" / method_name
-            folder.mkdir(parents=True, exist_ok=True)
             for job, image in zip(prepared, generated):
-                Image.fromarray(_to_uint8(image)).save(folder / f"{job.name}.png")
+                write_image(out_dir / "images" / method_name / f"{job.name}.png", _to_uint8(image))
 
     summary = {m: summarize(rows, metric_names) for m, rows in per_job.items()}
     kinds = sorted({p.kind for p in prepared})
@@ -207,11 +196,11 @@ def evaluate(
         "by_kind": by_kind,
         "jobs": per_job,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(_clean(result), indent=1))
+    atomic_write(out_dir / "metrics.json", json.dumps(_clean(result), indent=1))
     md = [f"{len(prepared)} jobs, crop {size} px; mean over jobs (inf = identical region, counted apart).", "", markdown_table(summary, metric_names)]
     for kind, table in by_kind.items():
         md += ["", f"**{kind}** ({sum(p.kind == kind for p in prepared)} jobs)", "", markdown_table(table, metric_names)]
     md += ["", *[f"- `{k}`: {v}" for k, v in result["metrics"].items() if any(k in s for s in summary.values())]]
-    (out_dir / "metrics.md").write_text("\n".join(md) + "\n")
+    atomic_write(out_dir / "metrics.md", "\n".join(md) + "\n")
     save_grid(out_dir / "grid.png", prepared, outputs, grid_rows)
     return result

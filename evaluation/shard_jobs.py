@@ -4,7 +4,8 @@ Deterministic, no randomness: a video track gives (first frame -> last frame), t
 in time; a still image gives its horizontally flipped self as the reference (the flip is one of the
 training augmentations, so the model has to move the object's details rather than copy pixels).
 The target frame is its own ground truth, its object mask the target mask. Files are written as PNG
-with a ``jobs.json``, so the result is an ordinary job list that `anydoor eval` reads like any other.
+with a ``jobs.json``, so the result is an ordinary job list (``src.jobs``) that `anydoor eval` reads
+like any other.
 """
 
 from __future__ import annotations
@@ -12,16 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-
-def _write(path: Path, image: np.ndarray) -> None:
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"{path}: could not write")
+from src.files import atomic_write
+from src.image_io import write_image
 
 
 def jobs_from_shards(shards: str | Path | list[str], out_dir: str | Path, limit: int | None = None) -> Path:
@@ -63,15 +59,15 @@ def jobs_from_shards(shards: str | Path | list[str], out_dir: str | Path, limit:
             continue
         name = key
         paths = {k: files / f"{name}.{k}.png" for k in ("reference", "reference_mask", "target", "target_mask")}
-        _write(paths["reference"], np.ascontiguousarray(reference))
-        _write(paths["reference_mask"], np.ascontiguousarray(reference_mask) * 255)
-        _write(paths["target"], target)
-        _write(paths["target_mask"], target_mask * 255)
+        write_image(paths["reference"], np.ascontiguousarray(reference))
+        write_image(paths["reference_mask"], np.ascontiguousarray(reference_mask) * 255)
+        write_image(paths["target"], target)
+        write_image(paths["target_mask"], target_mask * 255)
         entry = {k: str(p.relative_to(out_dir)) for k, p in paths.items()}
         entry.update(name=name, ground_truth=entry["target"], kind=meta.get("kind", "video"))
         jobs.append(entry)
     if not jobs:
         raise ValueError(f"{shards}: no usable samples ({len(skipped)} skipped: {skipped[:3]})")
     out = out_dir / "jobs.json"
-    out.write_text(json.dumps({"source": [str(u) for u in urls], "skipped": skipped, "jobs": jobs}, indent=1))
+    atomic_write(out, json.dumps({"source": [str(u) for u in urls], "skipped": skipped, "jobs": jobs}, indent=1))
     return out

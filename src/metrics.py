@@ -61,11 +61,9 @@ def masked_psnr(pred: Tensor, target: Tensor, mask: Tensor, data_range: float = 
 
 
 def psnr_in_box(pred: Tensor, target: Tensor, boxes: Sequence[Box] | Tensor, data_range: float = 1.0) -> Tensor:
+    """The project's one box PSNR (eval, validation, benchmarks): ``masked_psnr`` inside each box
+    (one box per image, exclusive ends); ``inf`` where the box is identical."""
     return masked_psnr(pred, target, box_mask(boxes, *pred.shape[-2:]), data_range)
-
-
-def psnr_outside_box(pred: Tensor, target: Tensor, boxes: Sequence[Box] | Tensor, data_range: float = 1.0) -> Tensor:
-    return masked_psnr(pred, target, 1.0 - box_mask(boxes, *pred.shape[-2:]), data_range)
 
 
 def ssim_map(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
@@ -86,10 +84,6 @@ def masked_ssim(pred: Tensor, target: Tensor, mask: Tensor, data_range: float = 
     weight = _as_batch_mask(mask, pred)
     full = ssim_map(pred, target, data_range)
     return (full * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
-
-
-def ssim_outside_box(pred: Tensor, target: Tensor, boxes: Sequence[Box] | Tensor, data_range: float = 1.0) -> Tensor:
-    return masked_ssim(pred, target, 1.0 - box_mask(boxes, *pred.shape[-2:]), data_range)
 
 
 def cosine_scores(features_a: Tensor, features_b: Tensor) -> Tensor:

@@ -2,7 +2,10 @@
 against baselines on the same jobs.
 
 Settings come from ``--config`` (YAML, keys as the long flags with ``_``; ``methods`` and ``scorers``
-as ``{name: {class_path, init_args}}``) and are overridden by flags. Heavy imports happen in ``run``.
+as ``{name: {class_path, init_args}}``) and are overridden by flags; ``evaluation.config`` validates
+them with jsonargparse and builds only the project's own classes. Bad input (config, job file,
+image, model folder) ends with one line naming the file and exit status 1, never a traceback.
+Heavy imports happen in ``run``.
 """
 
 from __future__ import annotations
@@ -12,27 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {
-    "jobs": None,
-    "out": "outputs/eval",
-    "size": None,
-    "limit": None,
-    "batch_size": 8,
-    "grid_rows": 8,
-    "baselines": True,
-    "save_images": True,
-    "steps": None,
-    "guidance": None,
-    "seed": 0,
-    "device": "cpu",
-    "methods": {},
-    "scorers": {},
-    "training_log": None,
-    "checkpoint_series": None,
-    "checkpoint_config": None,
-    "run": None,
-    "series_final": None,
-}
+# flags that override the config's key of the same name
+FLAG_KEYS = ("jobs", "out", "size", "limit", "baselines", "steps", "guidance", "seed", "device", "batch_size",
+             "grid_rows", "max_pixels", "training_log", "checkpoint_series", "run", "checkpoint_config")
 
 
 def _named(value: str) -> tuple[str, str]:
@@ -61,135 +46,102 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-series", dest="checkpoint_series", help="glob of training checkpoints to score over steps, relative to the --training-log run")
     parser.add_argument("--run", help="a training run folder ('*' = newest); the config's {run} placeholders point at it")
     parser.add_argument("--checkpoint-config", dest="checkpoint_config", help="the training config the checkpoints come from (default: the run's saved config.yaml)")
+    parser.add_argument("--max-pixels", dest="max_pixels", type=int,
+                        help="refuse job images with more pixels than this (default 64 MP, ~8000 x 8000: "
+                             "src.image_io.DEFAULT_MAX_PIXELS)")
 
 
-def load_settings(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    settings = dict(DEFAULTS)
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise SystemExit(f"anydoor eval: config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise SystemExit(f"anydoor eval: {path} must hold a mapping")
-        unknown = set(data) - set(DEFAULTS)
-        if unknown:
-            raise SystemExit(f"anydoor eval: {path}: unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
-        settings.update({k: v for k, v in data.items() if v is not None or k in ("size", "limit")})
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None and key not in ("methods", "scorers"):
-            settings[key] = value
-    settings["methods"] = dict(settings.get("methods") or {})
-    settings["scorers"] = dict(settings.get("scorers") or {})
-    for name, folder in map(_named, args.model):
-        settings["methods"][name] = {"class_path": "evaluation.methods.PipelineMethod", "init_args": {"model": folder}}
-    for name, folder in map(_named, args.generated):
-        settings["methods"][name] = {"class_path": "evaluation.methods.FromFolder", "init_args": {"folder": folder}}
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as settings: plain keys, plus methods/scorers entries for --model/--generated/--dino/--clip."""
+    overrides: dict[str, Any] = {key: getattr(args, key, None) for key in FLAG_KEYS}
+    methods = {name: {"class_path": "evaluation.methods.PipelineMethod", "init_args": {"model": folder}}
+               for name, folder in map(_named, args.model)}
+    methods.update({name: {"class_path": "evaluation.methods.FromFolder", "init_args": {"folder": folder}}
+                    for name, folder in map(_named, args.generated)})
+    scorers = {}
     if args.dino:
-        settings["scorers"]["dino_i"] = {"class_path": "evaluation.identity.DinoScorer", "init_args": {"model_name": args.dino[0], "weights": args.dino[1]}}
+        scorers["dino_i"] = {"class_path": "evaluation.identity.DinoScorer",
+                             "init_args": {"model_name": args.dino[0], "weights": args.dino[1]}}
     if args.clip:
         if len(args.clip) > 2:
             raise SystemExit("anydoor eval: --clip takes MODEL [WEIGHTS]")
-        settings["scorers"]["clip_i"] = {"class_path": "evaluation.identity.ClipScorer", "init_args": dict(zip(("model", "weights"), args.clip))}
-    if not settings["jobs"]:
-        raise SystemExit("anydoor eval: give --jobs (or jobs: in --config)")
-    return settings
-
-
-def fill_run(value: Any, run: str | None) -> Any:
-    """Replace ``{run}`` in every string of the settings with the resolved training run folder, so the
-    untrained model, the checkpoint and the curves all come from the same run."""
-    if isinstance(value, str) and "{run}" in value:
-        if run is None:
-            raise SystemExit(f"anydoor eval: {value!r} needs a training run: set run: (or --run)")
-        return value.replace("{run}", run)
-    if isinstance(value, dict):
-        return {k: fill_run(v, run) for k, v in value.items()}
-    if isinstance(value, list):
-        return [fill_run(v, run) for v in value]
-    return value
-
-
-def _model_overrides(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """Pass steps/guidance/seed/device flags to model-backed methods (not to baselines)."""
-    if spec.get("class_path", "").rsplit(".", 1)[-1] not in ("PipelineMethod", "ModuleMethod"):
-        return spec
-    init = dict(spec.get("init_args") or {})
-    for key in ("steps", "guidance", "seed", "device"):
-        if settings.get(key) is not None:
-            init.setdefault(key, settings[key])
-    return {**spec, "init_args": init}
+        scorers["clip_i"] = {"class_path": "evaluation.identity.ClipScorer", "init_args": dict(zip(("model", "weights"), args.clip))}
+    overrides.update(methods=methods, scorers=scorers)
+    return overrides
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status 0 when the report is written; bad input ends with one line per problem and 1."""
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, ImageError, job errors: each names its file
+        raise SystemExit("\n".join(f"anydoor eval: {line}" for line in str(err).splitlines())) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     import json
 
+    from evaluation.config import load_settings
     from evaluation.curves import plot_training, read_scalars, score_checkpoints
-    from evaluation.jobs import load_jobs
     from evaluation.methods import BackgroundFill, CopyPaste, latest
     from evaluation.runner import evaluate, markdown_table
     from evaluation.shard_jobs import jobs_from_shards
+    from src.files import atomic_write
+    from src.jobs import read_jobs
 
-    settings = load_settings(args)
-    if settings["run"]:
-        try:
-            settings["run"] = str(latest(settings["run"]))
-        except FileNotFoundError as err:
-            raise SystemExit(f"anydoor eval: {err}") from err
-    settings = fill_run(settings, settings["run"])
-    out = Path(settings["out"])
-    jobs_path = Path(settings["jobs"])
+    parser, cfg = load_settings(args.config, _overrides(args))
+    out = Path(cfg.out)
+    jobs_path = Path(cfg.jobs)
     if jobs_path.is_dir() and ((jobs_path / "manifest.json").is_file() or any(jobs_path.glob("*.tar"))):
-        jobs_path = jobs_from_shards(jobs_path, out / "jobs", limit=settings["limit"])
-    try:
-        jobs = load_jobs(jobs_path)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"anydoor eval: {err}") from err
-    if settings["limit"] is not None:
-        jobs = jobs[: settings["limit"]]
+        jobs_path = jobs_from_shards(jobs_path, out / "jobs", limit=cfg.limit)
+    jobs = read_jobs(jobs_path)[: cfg.limit]
+    missing = [f"{job.source}: {key} {path}: no such file" for job in jobs for key, path in job.paths().items()
+               if not path.is_file()]
+    if missing:  # before any model is loaded
+        raise ValueError("\n".join(missing))
 
-    from evaluation.runner import instantiate
-
+    print(f"loading {len(cfg.methods)} method(s) and {len(cfg.scorers)} scorer(s) ...", file=sys.stderr)
+    built = parser.instantiate(cfg)
     methods: dict[str, Any] = {}
-    if settings["baselines"]:
+    if cfg.baselines:
         methods.update(background=BackgroundFill(), copy_paste=CopyPaste())
-    for name, spec in settings["methods"].items():
-        print(f"loading {name} ...", file=sys.stderr)
-        methods[name] = instantiate(_model_overrides(spec, settings))
-    scorers = {name: instantiate(spec) for name, spec in settings["scorers"].items()}
+    methods.update(built.methods)
+    described = {n: m.describe() for n, m in methods.items() if hasattr(m, "describe")}
+    for name, d in described.items():  # the resolved sampler, as `anydoor generate` prints it
+        print(f"{name}: sampling {d['scheduler']}, {d['steps']} step(s), guidance {d['guidance']:g} ({d['model']})",
+              file=sys.stderr)
     sizes = {m.size for m in methods.values() if getattr(m, "size", None)}
     if len(sizes) > 1:
-        raise SystemExit(f"anydoor eval: the models use different crop sizes {sorted(sizes)}; evaluate them separately")
-    size = settings["size"] or (sizes.pop() if sizes else 512)
-    described = {n: m.describe() for n, m in methods.items() if hasattr(m, "describe")}
+        raise ValueError(f"the models use different crop sizes {sorted(sizes)}; evaluate them separately")
+    size = cfg.size or (sizes.pop() if sizes else 512)
+    settings = cfg.as_dict()
     record = {k: v for k, v in settings.items() if k not in ("methods", "scorers")}
     record.update(jobs=str(jobs_path), methods=described, scorers=settings["scorers"])
     result = evaluate(
-        jobs, methods, out, size=size, scorers=scorers, batch_size=settings["batch_size"],
-        grid_rows=settings["grid_rows"], save_images=settings["save_images"], settings=record,
+        jobs, methods, out, size=size, scorers=built.scorers, batch_size=cfg.batch_size,
+        grid_rows=cfg.grid_rows, save_images=cfg.save_images, settings=record, max_pixels=cfg.max_pixels,
     )
     print(markdown_table(result["summary"], list(result["metrics"])))
     series = None
-    if settings["checkpoint_series"]:
-        pattern = settings["checkpoint_series"]
-        if settings["training_log"] and not Path(pattern).is_absolute():
-            pattern = str(latest(settings["training_log"]) / pattern)  # the same run as the curves
-        series = score_checkpoints(settings["checkpoint_config"], pattern, jobs, size=size, seed=settings["seed"])
-        final = settings["series_final"]
-        if final and final in result["summary"] and settings["training_log"]:
+    if cfg.checkpoint_series:
+        pattern = cfg.checkpoint_series
+        if cfg.training_log and not Path(pattern).is_absolute():
+            pattern = str(latest(cfg.training_log) / pattern)  # the same run as the curves
+        series = score_checkpoints(cfg.checkpoint_config, pattern, jobs, size=size, seed=cfg.seed)
+        final = cfg.series_final
+        if final and final in result["summary"] and cfg.training_log:
             # the end-of-run model (e.g. the export written when training stops, which can be newer than
             # the last periodic checkpoint) at the last logged step
-            scalars = read_scalars(settings["training_log"])
+            scalars = read_scalars(cfg.training_log)
             last = max((s for values in scalars.values() for s, _ in values), default=None)
             stats = result["summary"][final]
             series.append({"step": last, "checkpoint": f"method {final}", **{k: stats[k]["mean"] for k in ("psnr_box", "psnr_mask") if k in stats}})
-        (out / "checkpoint_series.json").write_text(json.dumps(series, indent=1))
-    if settings["training_log"]:
+        atomic_write(out / "checkpoint_series.json", json.dumps(series, indent=1))
+    if cfg.training_log:
         lines = {n: result["summary"][n]["psnr_box"]["mean"] for n in ("background", "copy_paste") if "psnr_box" in result["summary"].get(n, {})}
-        png = plot_training(settings["training_log"], out / "training_curves.png", checkpoint_series=series, baselines=lines)
+        png = plot_training(cfg.training_log, out / "training_curves.png", checkpoint_series=series, baselines=lines)
         print(f"training curves: {png}", file=sys.stderr)
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'grid.png'}", file=sys.stderr)
     return 0
+
+

@@ -4,9 +4,10 @@ import pytest
 import torch
 import yaml
 
-from evaluation.jobs import load_jobs, prepare_job
+from evaluation.jobs import prepare_job
 from evaluation.methods import ModuleMethod, PipelineMethod
 from evaluation.runner import evaluate
+from src.jobs import read_jobs
 from tests.fakes import TINY_MODEL_KWARGS
 
 SIZE = 32
@@ -23,7 +24,7 @@ def tiny_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared(job_folder):
-    return [prepare_job(j, SIZE) for j in load_jobs(job_folder)]
+    return [prepare_job(j, SIZE) for j in read_jobs(job_folder)]
 
 
 def test_pipeline_method_is_seeded_per_job(prepared):
@@ -55,11 +56,11 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
     sub = name.removeprefix("denoiser.unet.")
     assert torch.equal(trained.pipeline.unet.state_dict()[sub], state[name])
     assert not torch.allclose(untrained(prepared[:1]), trained(prepared[:1]))
-    result = evaluate(load_jobs(job_folder), {"untrained": untrained, "trained": trained}, tmp_path / "eval", size=SIZE, save_images=False)
+    result = evaluate(read_jobs(job_folder), {"untrained": untrained, "trained": trained}, tmp_path / "eval", size=SIZE, save_images=False)
     assert result["summary"]["trained"]["psnr_box"]["n"] == 3
     from evaluation.curves import score_checkpoints
 
-    series = score_checkpoints(None, str(run / "checkpoints" / "*.ckpt"), load_jobs(job_folder)[:1], size=SIZE)
+    series = score_checkpoints(None, str(run / "checkpoints" / "*.ckpt"), read_jobs(job_folder)[:1], size=SIZE)
     assert [r["step"] for r in series] == [0, 7] and all("psnr_box" in r for r in series)
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {"nope": torch.zeros(1)}}, bad)
@@ -67,3 +68,47 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
         ModuleMethod(tiny_config, checkpoint=bad)
     with pytest.raises(FileNotFoundError, match="make train"):
         ModuleMethod(tiny_config, checkpoint=str(tmp_path / "none" / "*.ckpt"))
+
+
+def test_a_job_files_seed_sets_the_noise(prepared):
+    from dataclasses import replace
+
+    from models.pipeline import random_pipeline
+
+    method = PipelineMethod(random_pipeline("tiny"), steps=1, guidance=1.0)
+    same = [replace(prepared[0], seed=5), replace(prepared[0], seed=5, name="renamed"), replace(prepared[0], seed=6)]
+    out = method(same)
+    assert torch.equal(out[0], out[1]) and not torch.allclose(out[0], out[2])  # the seed, not the name, decides
+
+
+def test_eval_cli_prints_the_resolved_sampler(job_folder, tmp_path, capsys):
+    from models.pipeline import random_pipeline
+    from src.cli.main import main
+
+    random_pipeline("tiny").save_pretrained(tmp_path / "model")
+    assert main(["eval", "--jobs", str(job_folder), "--model", f"tiny={tmp_path / 'model'}", "--steps", "1",
+                 "--no-baselines", "--out", str(tmp_path / "out"), "--grid-rows", "0"]) == 0
+    assert f"tiny: sampling ddim, 1 step(s), guidance 5 ({tmp_path / 'model'})" in capsys.readouterr().err
+
+
+def test_unreadable_and_code_carrying_checkpoints_are_refused(tmp_path):
+    import os
+
+    from evaluation.methods import read_checkpoint
+
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.ckpt: not a readable checkpoint"):
+        read_checkpoint(tmp_path / "junk.ckpt")
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"state_dict": {}, "payload": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(ValueError, match="evil.ckpt: holds objects other than tensors and plain data: refused"):
+        read_checkpoint(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="plain.ckpt: not a Lightning checkpoint"):
+        read_checkpoint(tmp_path / "plain.ckpt")

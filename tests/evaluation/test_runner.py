@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
-from evaluation.jobs import load_jobs, prepare_job
+from evaluation.jobs import prepare_job
 from evaluation.methods import BackgroundFill, CopyPaste, FromFolder, background_fill
-from evaluation.runner import evaluate, instantiate
+from evaluation.runner import evaluate
+from src.jobs import read_jobs
 
 SIZE = 48
 
@@ -18,7 +19,7 @@ class Oracle:
 
 
 def test_prepared_jobs_are_deterministic_and_consistent(job_folder):
-    jobs = load_jobs(job_folder)
+    jobs = read_jobs(job_folder)
     assert [j.name for j in jobs] == ["job0", "job1", "job2"]
     a, b = prepare_job(jobs[0], SIZE), prepare_job(jobs[0], SIZE)
     assert torch.equal(a.collage, b.collage) and a.box == b.box
@@ -31,7 +32,7 @@ def test_prepared_jobs_are_deterministic_and_consistent(job_folder):
 
 
 def test_background_fill_changes_only_the_box(job_folder):
-    job = prepare_job(load_jobs(job_folder)[0], SIZE)
+    job = prepare_job(read_jobs(job_folder)[0], SIZE)
     filled = background_fill(job)
     x1, y1, x2, y2 = job.box
     outside = torch.ones(SIZE, SIZE, dtype=torch.bool)
@@ -42,7 +43,7 @@ def test_background_fill_changes_only_the_box(job_folder):
 
 
 def test_evaluate_end_to_end(job_folder, tmp_path, tiny_scorers):
-    jobs = load_jobs(job_folder)
+    jobs = read_jobs(job_folder)
     methods = {"oracle": Oracle(), "background": BackgroundFill(), "copy_paste": CopyPaste()}
     result = evaluate(jobs, methods, tmp_path, size=SIZE, scorers=tiny_scorers, batch_size=2, grid_rows=3)
     s = result["summary"]
@@ -63,7 +64,7 @@ def test_evaluate_end_to_end(job_folder, tmp_path, tiny_scorers):
 
 
 def test_from_folder_reads_full_images(job_folder, tmp_path):
-    jobs = load_jobs(job_folder)
+    jobs = read_jobs(job_folder)
     folder = tmp_path / "generated"
     folder.mkdir()
     for job in jobs:  # "generated" = the ground truth itself
@@ -77,29 +78,13 @@ def test_from_folder_reads_full_images(job_folder, tmp_path):
 
 def test_bad_job_lists_name_the_problem(tmp_path, job_folder):
     bad = tmp_path / "jobs.json"
-    bad.write_text(json.dumps([{"reference": "missing.png", "target": "t.png", "box": [0, 0, 4, 4]}]))
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        load_jobs(bad)
-    bad.write_text(json.dumps([{"reference": str(job_folder / "j0_reference.png"), "target": str(job_folder / "j0_target.png"), "boxx": 1}]))
-    with pytest.raises(ValueError, match="unknown keys"):
-        load_jobs(bad)
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_jobs(bad)
-    wrong = load_jobs(job_folder)[0]
-    wrong.box = (1, 1, 5, 5)  # both a box and a mask
-    with pytest.raises(ValueError, match="exactly one"):
-        prepare_job(wrong, SIZE)
-
-
+    bad.write_text(json.dumps([{"reference": "missing.png", "target": "t.png", "box": [0, 0, 4, 4]},
+                               {"reference": str(job_folder / "j0_reference.png"), "reference_mask": str(job_folder / "j0_reference_mask.png"),
+                                "target": str(job_folder / "j0_target.png"), "box": [0, 0, 4, 4]}]))
+    with pytest.raises(ValueError, match=r"jobs.json job 0: .*missing.png: no such file"):  # every bad job, one line each
+        evaluate(read_jobs(bad), {"bg": BackgroundFill()}, tmp_path / "out", size=SIZE)
+    assert not (tmp_path / "out" / "metrics.json").exists()
 def test_method_with_wrong_output_is_refused(job_folder, tmp_path):
-    jobs = load_jobs(job_folder)[:1]
+    jobs = read_jobs(job_folder)[:1]
     with pytest.raises(ValueError, match="expected"):
         evaluate(jobs, {"bad": lambda batch: torch.zeros(len(batch), 3, 8, 8)}, tmp_path, size=SIZE)
-
-
-def test_instantiate_builds_class_path_specs():
-    obj = instantiate({"class_path": "evaluation.methods.BackgroundFill"})
-    assert isinstance(obj, BackgroundFill)
-    with pytest.raises(ValueError, match="cannot import"):
-        instantiate({"class_path": "evaluation.methods.Nope"})
