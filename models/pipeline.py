@@ -30,6 +30,7 @@ PARTS = ("id_encoder", "controlnet", "unet", "vae", "scheduler")
 SCHEDULERS = ("ddim", "dpm")
 DEFAULT_STEPS = {"ddim": 50, "dpm": 20}
 DEFAULT_GUIDANCE = 5.0
+DEFAULT_FEATHER = 6  # px of soft seam inside the pasted box/mask
 # Optional keys of model_index.json: the sampler a model was trained for (e.g. the tiny default's one
 # trailing DDIM step without guidance); used when a call does not say.
 SAMPLING_KEYS = ("sample_scheduler", "sample_steps", "guidance_scale")
@@ -340,7 +341,7 @@ class AnyDoorPipeline:
         box_ratio: float = DEFAULT_BOX_GROW,
         mask_channel: str = "box",
         margin: int = 5,
-        feather: int = 0,
+        feather: int | None = None,
         composite: str = "box",
         mask_dilate: int = 4,
         latents: torch.Tensor | None = None,
@@ -352,7 +353,7 @@ class AnyDoorPipeline:
         channel. ``composite``: what is pasted back — ``box`` (default: the grown target box; the rest
         of the image keeps its bytes), ``mask`` (the target mask dilated by ``mask_dilate`` px) or
         ``crop`` (the whole generated crop, as the authors do); ``feather`` softens the seam inside the
-        region, ``margin`` trims the crop in ``crop`` mode (``CropTransform.paste_back``). The changed
+        region (default ``DEFAULT_FEATHER`` px for box/mask, 0 for crop), ``margin`` trims the crop in ``crop`` mode (``CropTransform.paste_back``). The changed
         region's bounding box is in ``AnyDoorOutput.regions``."""
         scheduler, num_inference_steps, guidance_scale = self.sampling_settings(
             scheduler, num_inference_steps, guidance_scale)
@@ -369,6 +370,8 @@ class AnyDoorPipeline:
                               eta=eta, generator=generator, latents=latents, progress=progress)
         crops = self.decode(latents)
         out = AnyDoorOutput(images=[], crops=crops, collages=[p[1].sample["collage"] for p in prepared])
+        if feather is None:
+            feather = 0 if composite == "crop" else DEFAULT_FEATHER
         for job, crop, (_, target_prep, target) in zip(jobs, crops, prepared):
             region = composite_region(composite, target.shape[:2], target_prep.box, job.target_mask, mask_dilate)
             out.images.append(target_prep.transform.paste_back(target, crop, margin=margin, feather=feather,

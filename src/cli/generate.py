@@ -58,8 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-ratio", type=float, default=2.0, help="context crop around the grown box")
     parser.add_argument("--mask-shape", action="store_true",
                         help="with a target mask: give the model the mask's shape instead of its box")
-    parser.add_argument("--margin", type=int, default=5, help="crop border (px) kept from the target on paste")
-    parser.add_argument("--feather", type=int, default=0, help="soft seam width (px) when pasting back")
+    parser.add_argument("--composite", choices=("box", "mask", "crop"), default="box",
+                        help="what is pasted back: the grown target box (default), the target mask dilated by "
+                             "--mask-dilate px, or the whole generated crop (the authors' paste-back, about twice "
+                             "the box); every other pixel keeps the target's bytes")
+    parser.add_argument("--mask-dilate", type=int, default=4, help="with --composite mask: grow the mask by this many px")
+    parser.add_argument("--feather", type=int, default=None,
+                        help="soft seam width (px) inside the pasted region (default: 6 for box/mask, 0 for crop)")
+    parser.add_argument("--margin", type=int, default=5, help="with --composite crop: crop border (px) kept from the target")
     parser.add_argument("--save-intermediates", action="store_true", help="also write the crop and the collage")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
@@ -190,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             result = pipe(jobs, num_inference_steps=steps, guidance_scale=guidance,
                           scheduler=scheduler, timestep_spacing=args.timestep_spacing, generator=gens,
                           crop_ratio=args.crop_ratio, mask_channel=mask_channel,
+                          composite=args.composite, mask_dilate=args.mask_dilate,
                           margin=args.margin, feather=args.feather, progress=single)
         except ValueError as err:
             failed.extend(f"{spec.source or spec.out}: {err}" for spec in ready)
@@ -205,8 +212,9 @@ def run(args: argparse.Namespace) -> int:
             except (ValueError, OSError) as err:
                 failed.append(f"{spec.source or spec.out}: cannot write: {err}")
                 continue
-            x1, y1, x2, y2 = result.boxes[k]
-            tqdm.write(f"{spec.out}: changed region {x1} {y1} {x2} {y2}")
+            region = result.regions[k]
+            where = "no pixel changed" if region is None else "changed region {} {} {} {}".format(*region)
+            tqdm.write(f"{spec.out}: {where} ({args.composite} compositing)")
             written += 1
         bar.update(len(jobs))
     bar.close()

@@ -20,7 +20,7 @@ from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 from tests.src.job_files import write_job_images
 
 ROOT = Path(__file__).resolve().parents[3]
-REGION = re.compile(r"^(.+): changed region (\d+) (\d+) (\d+) (\d+)$", re.M)
+REGION = re.compile(r"^(.+): changed region (\d+) (\d+) (\d+) (\d+) \(\w+ compositing\)$", re.M)
 
 
 def anydoor(*args: str) -> subprocess.CompletedProcess:
