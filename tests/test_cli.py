@@ -20,6 +20,13 @@ def test_lightning_help_lists_subcommands():
         assert name in out.stdout
 
 
+def test_lightning_fit_help_lists_options_without_building_anything():
+    out = subprocess.run([sys.executable, "-m", "src.cli.train", "fit", "--help"], capture_output=True, text=True,
+                         check=True)
+    for option in ("--ckpt_path", "--trainer.max_steps", "--trainer.plugins", "--model", "--data"):
+        assert option in out.stdout
+    assert "Seed set" not in out.stderr  # parsing only: no seeding, no model
+
 
 def test_lightning_console_entry_returns_none(monkeypatch):
     # setuptools' console script does sys.exit(main()); a returned LightningCLI object would exit 1.
