@@ -7,11 +7,12 @@ agrees on it (``reduce_boolean_decision``: one rank's signal stops all ranks at 
 ``trainer.should_stop`` and the loop ends normally, so every ``on_train_end`` runs (the export callback
 writes ``last.ckpt`` and the model folder). A second signal raises ``KeyboardInterrupt`` at once.
 
-Signals are blocked from ``on_fit_start`` until our handlers replace Lightning's in ``on_train_start``,
-so the training data workers, forked in between, keep them blocked for good: a Ctrl-C to the whole
-process group (or a cluster's SIGTERM to every process) reaches the trainer, not the workers, which
-would otherwise die mid-batch. Workers forked later inherit our handler, which ignores signals outside
-the process that installed it. SLURM's ``SIGUSR1`` requeue is Lightning's own and stays untouched.
+The SIGINT handler is installed in ``on_fit_start``, before the data workers fork: they inherit it, and it
+ignores signals outside the process that installed it, so a Ctrl-C to the whole process group stops the
+trainer, not the workers (which would die mid-batch). SIGTERM is blocked from ``on_fit_start`` until our
+handler replaces Lightning's in ``on_train_start``: workers forked in between keep it blocked for good (a
+cluster's SIGTERM to every process reaches the trainer only), and one that arrives meanwhile is
+delivered to our handler. SLURM's ``SIGUSR1`` requeue is Lightning's own and stays untouched.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def written_since(root: Path, since: float, skip: set[Path]) -> list[Path]:
@@ -58,10 +58,10 @@ class StopOnSignal(Callback):
     def __init__(self) -> None:
         self.received: Optional[int] = None  # first signal seen by this process
         self.stopped_by: Optional[int] = None  # set when the run ended because of a signal (any rank's)
-        self.stopped_at_step: Optional[int] = None
         self._stop_time = 0.0
         self._log_dir = Path(".")
         self._pid = 0
+        self._active = False
         self._blocked = False
         self._previous: dict[int, Any] = {}
         self._rank_zero = True
@@ -69,7 +69,13 @@ class StopOnSignal(Callback):
     # ------------------------------------------------------------------ signal plumbing
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:
-            return  # a data worker forked after on_train_start: the trainer process handles the stop
+            return  # a data worker forked from the trainer: the trainer process handles the stop
+        if not self._active:  # still installed after fit (Lightning restores what it found): the default
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = signum
@@ -81,10 +87,10 @@ class StopOnSignal(Callback):
         self._restore_handlers()
         raise KeyboardInterrupt
 
-    def _unblock(self) -> None:
-        if self._blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            self._blocked = False
+    def _install(self, signum: int) -> None:
+        if self._is_main_thread():
+            self._previous.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self._handle)
 
     def _restore_handlers(self) -> None:
         for signum, previous in self._previous.items():
@@ -92,24 +98,29 @@ class StopOnSignal(Callback):
                 signal.signal(signum, previous)
         self._previous = {}
 
+    def _finish(self) -> None:
+        self._active = False
+        if self._blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            self._blocked = False
+        self._restore_handlers()
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.received = self.stopped_by = self.stopped_at_step = None
-        self._pid, self._rank_zero = os.getpid(), trainer.is_global_zero
+        self.received = self.stopped_by = None
+        self._pid, self._rank_zero, self._active = os.getpid(), trainer.is_global_zero, True
+        self._install(signal.SIGINT)  # before the data workers fork: they inherit it, and it ignores them
         if hasattr(signal, "pthread_sigmask") and self._is_main_thread():
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # Lightning's handler comes next
             self._blocked = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._is_main_thread():  # replaces Lightning's SIGTERM handler (its SIGTERMException skips on_train_end)
-            self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, self._handle)
-        self._unblock()  # a signal that arrived meanwhile is delivered now, to our handler
+        self._install(signal.SIGTERM)  # over Lightning's (its SIGTERMException skips on_train_end)
+        if self._blocked:  # a SIGTERM that came meanwhile is delivered now, to our handler
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            self._blocked = False
 
     @staticmethod
     def _is_main_thread() -> bool:
-        import threading
-
         return threading.current_thread() is threading.main_thread()
 
     # ------------------------------------------------------------------ the stop
@@ -120,7 +131,6 @@ class StopOnSignal(Callback):
         if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False) and not trainer.should_stop:
             trainer.should_stop = True
             self.stopped_by = self.received or signal.SIGTERM  # another rank's signal: reported as SIGTERM
-            self.stopped_at_step = trainer.global_step
             self._stop_time = time.time()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -140,7 +150,7 @@ class StopOnSignal(Callback):
                                     weights_only=False)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore_handlers()
+        self._finish()
         if self.stopped_by is None or not trainer.is_global_zero:
             return
         saved = getattr(trainer.strategy.checkpoint_io, "saved", {})
@@ -157,9 +167,7 @@ class StopOnSignal(Callback):
         sys.stderr.write("\n".join(lines) + "\n")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._unblock()
-        self._restore_handlers()
+        self._finish()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._unblock()  # fit ended before on_train_start (nothing to train): never leave signals blocked
-        self._restore_handlers()
+        self._finish()  # also when fit ended before on_train_start: never leave SIGTERM blocked

@@ -104,7 +104,8 @@ def shard_problems(key: str, spec: Any) -> list[str]:
         urls = [u for us in sources.values() for u in us if not REMOTE.match(u)]
         missing = [u for u in urls if not Path(u).is_file()]
         if missing:
-            problems.append(f"{key}: {item}: {len(missing)} of {len(urls)} shard files missing, e.g. {missing[0]}{hint}")
+            problems.append(f"{key}: {item}: {len(missing)} of {len(urls)} shard files missing, "
+                            f"e.g. {missing[0]}{hint}")
     return problems
 
 

@@ -48,7 +48,8 @@ def test_tiny_config_builds_the_model_it_describes():
 
 def _tiny_fit_config(tmp_path):
     model_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY_MODEL_KWARGS.items()}
-    model_args["unet_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model_args["unet_config"].items()}
+    unet = model_args["unet_config"]
+    model_args["unet_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in unet.items()}
     config = {
         "trainer": {"accelerator": "cpu", "max_steps": 1, "logger": False, "enable_progress_bar": False,
                     "enable_model_summary": False, "limit_val_batches": 0, "default_root_dir": str(tmp_path)},
@@ -91,8 +92,9 @@ def test_a_local_malicious_checkpoint_is_refused_before_the_model_is_built(tmp_p
     code, err = _lightning(monkeypatch, capsys, "fit", "--config", str(_tiny_fit_config(tmp_path)),
                            "--ckpt_path", str(ckpt))
     assert code == 2
-    assert err.strip().splitlines() == [f"error: refused to load {ckpt}: it references io.open, and unpickling it "
-                                        "could run code; only weights-only checkpoints (tensors and plain values) are loaded"]
+    assert err.strip().splitlines() == [
+        f"error: refused to load {ckpt}: it references io.open, and unpickling it could run code; "
+        "only weights-only checkpoints (tensors and plain values) are loaded"]
     assert not marker.exists()
 
 
