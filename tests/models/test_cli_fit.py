@@ -1,8 +1,11 @@
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from src.cli.train import cli_main
+from tests.cli.support import malicious_checkpoint, serve_folder
 from tests.fakes import TINY_MODEL_KWARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,3 +44,65 @@ def test_tiny_config_builds_the_model_it_describes():
     size = cfg["data"]["init_args"]["image_size"]
     assert size // module.first_stage.factor == module.denoiser.unet.config.sample_size
     assert module.noise_scheduler.config.prediction_type == "v_prediction"
+
+
+def _tiny_fit_config(tmp_path):
+    model_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY_MODEL_KWARGS.items()}
+    unet = model_args["unet_config"]
+    model_args["unet_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in unet.items()}
+    config = {
+        "trainer": {"accelerator": "cpu", "max_steps": 1, "logger": False, "enable_progress_bar": False,
+                    "enable_model_summary": False, "limit_val_batches": 0, "default_root_dir": str(tmp_path)},
+        "model": {"class_path": "models.anydoor_module.AnyDoorModule", "init_args": model_args},
+        "data": {"class_path": "tests.fakes.RandomDataModule", "init_args": {"batch_size": 2}},
+    }
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _lightning(monkeypatch, capsys, *argv):
+    from src.cli import train
+
+    monkeypatch.setattr(sys, "argv", ["lightning", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_a_remote_malicious_checkpoint_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    www = tmp_path / "www"
+    www.mkdir()
+    marker = tmp_path / "pwned"
+    malicious_checkpoint(www / "last.ckpt", marker)
+    with serve_folder(www) as base:
+        code, err = _lightning(monkeypatch, capsys, "fit", "--config", str(_tiny_fit_config(tmp_path)),
+                               "--ckpt_path", f"{base}/last.ckpt")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: refused to load {base}/last.ckpt: it references io.open, and unpickling it could run code; "
+        "only weights-only checkpoints (tensors and plain values) are loaded")
+    assert "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_a_local_malicious_checkpoint_is_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "pwned"
+    ckpt = malicious_checkpoint(tmp_path / "last.ckpt", marker)
+    code, err = _lightning(monkeypatch, capsys, "fit", "--config", str(_tiny_fit_config(tmp_path)),
+                           "--ckpt_path", str(ckpt))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: refused to load {ckpt}: it references io.open, and unpickling it could run code; "
+        "only weights-only checkpoints (tensors and plain values) are loaded"]
+    assert not marker.exists()
+
+
+def test_the_cli_gives_every_run_the_safe_checkpoint_io_and_the_signal_stop(tmp_path, monkeypatch):
+    from callbacks.checkpoint_io import SafeCheckpointIO
+    from callbacks.interrupt import StopOnSignal
+
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    cli = cli_main(["--config", str(_tiny_fit_config(tmp_path))], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    assert [type(c) for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)] == [StopOnSignal]
