@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from callbacks.checkpoint_io import CheckpointLoadError, SafeCheckpointIO
-from tests.cli.support import malicious_checkpoint, serve_folder
+from tests.src.cli.support import malicious_checkpoint, serve_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 

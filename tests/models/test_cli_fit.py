@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from src.cli.train import cli_main
-from tests.cli.support import malicious_checkpoint, serve_folder
+from tests.src.cli.support import malicious_checkpoint, serve_folder
 from tests.fakes import TINY_MODEL_KWARGS
 
 ROOT = Path(__file__).resolve().parents[2]

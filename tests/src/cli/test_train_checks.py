@@ -12,7 +12,7 @@ import pytest
 from src.cli import train
 from src.cli.train_checks import config_problems, short_parse_error
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def sd_folder(root: Path, parts=("unet", "vae")) -> Path:

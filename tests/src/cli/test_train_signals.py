@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from tests.cli.support import logged_steps
+from tests.src.cli.support import logged_steps
 from tests.fakes import TINY_MODEL_KWARGS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write_override(tmp_path: Path, **trainer: object) -> Path:
@@ -32,7 +32,7 @@ def write_override(tmp_path: Path, **trainer: object) -> Path:
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                "init_args": {"save_dir": str(out), "name": "tiny"}}, **trainer},
         "model": {"init_args": model},
-        "data": {"class_path": "tests.cli.support.WorkerPairs", "init_args": {"batch_size": 2, "num_workers": 1}},
+        "data": {"class_path": "tests.src.cli.support.WorkerPairs", "init_args": {"batch_size": 2, "num_workers": 1}},
     }
     path = tmp_path / "override.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -47,7 +47,7 @@ class Run:
         self.err_path = tmp_path / f"{name}.err"
         cmd = [sys.executable, "-m", "src.cli.train", "fit", "--config", "configs/tiny.yaml",
                "--config", str(tmp_path / "override.yaml"),
-               "--trainer.callbacks+", "tests.cli.support.StepLog", "--trainer.callbacks.path", str(self.steps), *extra]
+               "--trainer.callbacks+", "tests.src.cli.support.StepLog", "--trainer.callbacks.path", str(self.steps), *extra]
         full_env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
         self.err = self.err_path.open("w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=self.err,
