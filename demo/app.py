@@ -1,7 +1,7 @@
 """The web page: reference + mask, target + box or painted mask, settings, result (Gradio Blocks).
 
 Images a person uploads are read once by ``src.image_io.read_image`` (the project's one reader:
-pixel limit, 16-bit, EXIF orientation) and the uploaded file is deleted right then; the page keeps
+pixel limit, 16-bit, EXIF orientation) and the uploaded file is deleted (``demo.uploads``); the page keeps
 the arrays in per-session state, so the pictures it shows (previews with the box drawn on them) are
 never what the model reads. Two endpoints generate, and they share one queue slot (one generation
 at a time): the page's button, and ``/generate`` for API clients (``gradio_client``), which sends
@@ -34,6 +34,7 @@ COMPOSITE_CHOICES = [
 # script) cannot run the machine out of memory. Light events (uploads, clicks) run beside it.
 MODEL_QUEUE = dict(concurrency_limit=1, concurrency_id="model")
 LIGHT = dict(concurrency_limit=4, api_visibility="private", show_progress="hidden")
+MAX_STEPS = 1000  # the schedule's own length
 BRUSH = gr.Brush(colors=[("#ff00dc", 0.6)], color_mode="fixed")
 
 
@@ -55,9 +56,9 @@ def _upload(label: str, elem_id: str, height: int = 280) -> gr.Image:
                     height=height)
 
 
-def _fail(err: Exception, title: str) -> gr.Error:
+def _fail(err: Exception) -> gr.Error:
     # Gradio renders toast messages as HTML; file names come from the user.
-    return gr.Error(html.escape(str(err)), title=title, duration=None, print_exception=False)
+    return gr.Error(html.escape(str(err)), title="Cannot generate", duration=None, print_exception=False)
 
 
 class DemoApp:
@@ -124,8 +125,10 @@ class DemoApp:
         if target is None or evt.index is None:
             return gr.skip(), gr.skip(), None
         point = click_to_pixel(evt.index, target.shape[:2])
-        if corner is None:
-            return to_preview(outline(target, (*point, point[0] + 1, point[1] + 1))), gr.skip(), list(point)
+        if corner is None:  # a small square around the corner, big enough to see on a large photo
+            r = max(3, min(target.shape[:2]) // 100)
+            return (to_preview(outline(target, (point[0] - r, point[1] - r, point[0] + r + 1, point[1] + r + 1))),
+                    gr.skip(), list(point))
         box = box_from_corners(corner, point, target.shape[:2])
         return to_preview(outline(target, box)), format_box(box), None
 
@@ -153,10 +156,15 @@ class DemoApp:
                   composite: str, feather: Any) -> Settings:
         try:
             seed = secrets.randbelow(2**31) if random_seed else int(seed)
-            return Settings(scheduler=str(scheduler), steps=int(steps), guidance=float(guidance), seed=seed,
-                            composite=str(composite), feather=max(0, int(feather)), shape_control=bool(shape))
+            settings = Settings(scheduler=str(scheduler), steps=int(steps), guidance=float(guidance), seed=seed,
+                                composite=str(composite), feather=max(0, int(feather)), shape_control=bool(shape))
         except (TypeError, ValueError) as err:
             raise ValueError(f"settings: {err}") from None
+        if not 0 <= settings.seed < 2**63:
+            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {settings.seed}")
+        if settings.steps > MAX_STEPS:  # a shared server: one request must not hold the queue for hours
+            raise ValueError(f"steps must be at most {MAX_STEPS}, got {settings.steps}")
+        return settings
 
     def _run(self, job: Teleport, settings: Settings) -> Outcome:
         with self._lock:
@@ -196,7 +204,7 @@ class DemoApp:
             settings = self._settings(shape, scheduler, steps, guidance, seed, random_seed, composite, feather)
             outcome = self._run(job, settings)
         except (ValueError, MemoryError) as err:
-            raise _fail(err, "Cannot generate") from None
+            raise _fail(err) from None
         path = self._save(outcome.image, settings)
         return (to_preview(outline(target, outcome.region)), to_preview(outcome.image),
                 collage_picture(outcome.collage), self.summary(outcome, settings, source),
@@ -223,7 +231,7 @@ class DemoApp:
             settings = self._settings(shape_control, scheduler, steps, guidance, seed, random_seed, composite, feather)
             outcome = self._run(job, settings)
         except (ValueError, MemoryError) as err:
-            raise _fail(err, "Cannot generate") from None
+            raise _fail(err) from None
         return self._save(outcome.image, settings), collage_picture(outcome.collage), describe(outcome, settings)
 
     @staticmethod

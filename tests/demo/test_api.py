@@ -88,6 +88,8 @@ def test_random_seed_is_reported(client, scene_files):
     ({"target": "huge", "box": "1 1 5 5"}, r"huge.png: more pixels than the limit \(1200 x 1000 = 1.2 MP, limit 1.0 MP\)"),
     ({"ref": "reference_rgb", "box": "1 1 50 50"}, "reference has no mask"),
     ({"scheduler": "euler", "box": "1 1 50 50"}, "sampler must be one of"),
+    ({"steps": 5000, "box": "1 1 50 50"}, "steps must be at most 1000"),
+    ({"seed": -3, "box": "1 1 50 50"}, "seed must be a whole number from 0"),
 ])
 def test_bad_input_is_a_one_line_message(client, scene_files, kw, message):
     with pytest.raises(AppError, match=message) as err:
