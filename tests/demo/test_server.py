@@ -123,3 +123,15 @@ def test_anydoor_demo_serves_until_stopped_and_leaves_nothing(demo_model):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0 and not os.path.exists(folder)
+
+
+def test_a_busy_port_is_a_message(pipe):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{port}.*pass another --port"):
+            with serving(pipe, model_label="m", device_label="cpu", port=port):
+                pass
