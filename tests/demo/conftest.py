@@ -7,9 +7,14 @@ import socket
 from pathlib import Path
 
 import cv2
+import gradio  # noqa: F401  imported before any server sets GRADIO_TEMP_DIR: see below
 import numpy as np
 import pytest
 from PIL import Image
+
+# Gradio fixes one folder (for features the demo does not use) at import time from GRADIO_TEMP_DIR.
+# `anydoor demo` imports it inside its private folder, which it removes on exit; these tests start
+# several servers in one process, and a later one would re-create an earlier one's removed folder.
 
 TEST_MAX_PIXELS = 1_000_000  # small, so that "too large" is cheap to test
 # What a `make train` export recommends (configs/tiny.yaml's recipe): the page starts with it.

@@ -1,5 +1,8 @@
 """The demo's adapter to the pipeline, called directly (no server)."""
 
+import json
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -18,18 +21,17 @@ def job(**kw):
     return Teleport(reference[..., :3], (reference[..., 3] > 127).astype(np.uint8), target, **kw)
 
 
-def test_defaults_come_from_the_model_folder_like_the_cli(pipe):
+def test_defaults_come_from_the_model_folder_like_the_cli(pipe, demo_model, tmp_path):
     d = model_defaults(pipe)
     assert (d.scheduler, d.steps, d.guidance, d.from_model) == ("ddim", 1, 1.0, True) == (
         *TRAIN_EXPORT_SAMPLING.values(), True)
     assert model_defaults(pipe, "dpm").steps == 20  # another sampler: its own default step count
-    saved = pipe.sampling_defaults
-    try:
-        pipe.sampling_defaults = {}
-        d = model_defaults(pipe)
-        assert (d.scheduler, d.steps, d.guidance, d.from_model) == ("dpm", 20, 5.0, False)  # `anydoor generate`'s
-    finally:
-        pipe.sampling_defaults = saved
+    plain = tmp_path / "plain"  # the same model, its folder recommending no sampler
+    shutil.copytree(demo_model, plain)
+    index = json.loads((plain / "model_index.json").read_text())
+    (plain / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if k not in TRAIN_EXPORT_SAMPLING}))
+    d = model_defaults(load_pipeline(plain, "cpu")[0])
+    assert (d.scheduler, d.steps, d.guidance, d.from_model) == ("dpm", 20, 5.0, False)  # `anydoor generate`'s
 
 
 def test_generate_box_and_mask_jobs(pipe):
