@@ -67,7 +67,6 @@ def serving(pipe: Any, *, model_label: str, device_label: str, host: str = DEFAU
     temp_dir = Path(tempfile.mkdtemp(prefix="anydoor-demo-"))
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(temp_dir)  # read by Gradio when the app and its parts are built
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     blocks = None
     try:
         from demo.app import DemoApp

@@ -47,9 +47,12 @@ def browser(tmp_path_factory):
 
 
 def wait(driver, condition, what: str, timeout: float = WAIT_S):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message=f"waiting for {what}")
+    # the page replaces elements as results arrive: a stale one means "look again"
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(condition, message=f"waiting for {what}")
 
 
 def css(driver, selector):
@@ -74,6 +77,14 @@ def upload(driver, elem_id: str, path: Path) -> None:
     wait(driver, lambda d: [i.get_attribute("src") for i in css(d, f"#{elem_id} img")] not in ([], before),
          f"{elem_id} to show the upload")
     wait(driver, lambda d: "/image.png" in css(d, f"#{elem_id} img")[0].get_attribute("src"), f"{elem_id} preview")
+
+
+def shown_picture(driver, elem_id: str):
+    """The picture of a component once the browser has loaded it (a new one arrives after each click)."""
+    loaded = "const i = arguments[0]; return i.complete && i.naturalWidth > 0"
+    wait(driver, lambda d: css(d, f"#{elem_id} img") and d.execute_script(loaded, css(d, f"#{elem_id} img")[0]),
+         f"the picture of {elem_id}")
+    return css(driver, f"#{elem_id} img")[0]
 
 
 def click_on(driver, element, x: int, y: int) -> None:
@@ -121,11 +132,11 @@ def test_teleport_in_the_browser(browser, demo_server, scene_files, tmp_path):
     close_toasts(browser)
 
     # two clicks draw the box (corners inclusive -> exclusive ends), and the page shows it drawn
-    picture = css(browser, "#target img")[0]
+    picture = shown_picture(browser, "target")
     shown = picture.get_attribute("src")
     click_on(browser, picture, 150, 90)
     wait(browser, lambda d: css(d, "#target img")[0].get_attribute("src") != shown, "the first corner marked")
-    click_on(browser, css(browser, "#target img")[0], 299, 249)
+    click_on(browser, shown_picture(browser, "target"), 299, 249)
     box_field = css(browser, "#box textarea, #box input")[0]
     wait(browser, lambda d: box_field.get_attribute("value"), "the box")
     x1, y1, x2, y2 = map(int, box_field.get_attribute("value").split())
