@@ -18,8 +18,8 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from demo.generation import (SCHEDULERS, Outcome, Settings, Teleport, crop_size, describe, generate,
-                             model_defaults)
+from demo.generation import (SCHEDULERS, Outcome, Settings, Teleport, crop_size, default_feather, describe,
+                             generate, model_defaults)
 from demo.inputs import (box_from_corners, check_box, click_to_pixel, collage_picture, format_box, outline,
                          painted_mask, parse_box, reference_mask, to_preview)
 from demo.uploads import Uploads
@@ -157,7 +157,8 @@ class DemoApp:
         try:
             seed = secrets.randbelow(2**31) if random_seed else int(seed)
             settings = Settings(scheduler=str(scheduler), steps=int(steps), guidance=float(guidance), seed=seed,
-                                composite=str(composite), feather=max(0, int(feather)), shape_control=bool(shape))
+                                composite=str(composite), shape_control=bool(shape),
+                                feather=None if feather is None else max(0, int(feather)))
         except (TypeError, ValueError) as err:
             raise ValueError(f"settings: {err}") from None
         if not 0 <= settings.seed < 2**63:
@@ -243,7 +244,7 @@ class DemoApp:
         location = {"mask": "mask shape", "box": "box"}[outcome.location]
         return (f"**Done in {outcome.seconds:.2f} s** · {region}\n\n"
                 f"{s.scheduler}, {steps}, guidance {s.guidance:g}, seed {s.seed} · reference mask: {mask_source} · "
-                f"location channel: {location} · pasted back: {s.composite}, feather {s.feather} px")
+                f"location channel: {location} · pasted back: {s.composite}, feather {s.feather_px} px")
 
     # ------------------------------------------------------------------------------------ page
 
@@ -291,8 +292,8 @@ class DemoApp:
                         seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
                         random_seed = gr.Checkbox(False, label="Random seed", elem_id="random-seed")
                     composite = gr.Radio(COMPOSITE_CHOICES, value="box", label="Paste back", elem_id="composite")
-                    feather = gr.Slider(0, 32, value=0, step=1, label="Feather (px): a soft seam inside the "
-                                        "pasted region", elem_id="feather")
+                    feather = gr.Slider(0, 32, value=default_feather("box"), step=1, label="Feather (px): a soft "
+                                        "seam inside the pasted region", elem_id="feather")
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
             gr.Markdown("### Result")
             info = gr.Markdown("The result appears here.", elem_id="info")
@@ -325,6 +326,7 @@ class DemoApp:
             gr.on([box.submit, box.blur], self.box_typed, [target_state, box], [target, corner_state], **LIGHT)
             place.change(self.place_changed, place, [box, target_editor, shape], **LIGHT)
             scheduler.input(self.scheduler_changed, scheduler, steps, **LIGHT)
+            composite.input(default_feather, composite, feather, **LIGHT)  # each mode's default seam
             settings = [shape, scheduler, steps, guidance, seed, random_seed, composite, feather]
             run.click(self.generate_clicked,
                       [reference_state, ref_editor, mask_state, target_state, place, box, target_editor, *settings],

@@ -41,8 +41,12 @@ class Settings:
     guidance: float
     seed: int
     composite: str = "box"  # what is pasted back: box / mask / crop (src.image_ops.composite_region)
-    feather: int = 0
+    feather: int | None = None  # None: the pipeline's default for the compositing mode (``default_feather``)
     shape_control: bool = False  # a target mask's shape (not only its box) in the location channel
+
+    @property
+    def feather_px(self) -> int:
+        return default_feather(self.composite) if self.feather is None else self.feather
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,14 @@ def model_defaults(pipe: Any, scheduler: str | None = None) -> Defaults:
     return Defaults(name, steps, guidance, bool(pipe.sampling_defaults))
 
 
+def default_feather(composite: str) -> int:
+    """The seam the pipeline uses for a compositing mode when a call does not say (as `anydoor generate`
+    without --feather): 0 for the whole crop, else the pipeline's ``DEFAULT_FEATHER`` where it has one."""
+    from models import pipeline
+
+    return 0 if composite == "crop" else int(getattr(pipeline, "DEFAULT_FEATHER", 0))
+
+
 def generate(pipe: Any, job: Teleport, settings: Settings, progress: bool = True) -> Outcome:
     """Run one teleport. Bad input raises ``ValueError`` with a message meant for a person."""
     import torch
@@ -113,7 +125,8 @@ def generate(pipe: Any, job: Teleport, settings: Settings, progress: bool = True
             num_inference_steps=settings.steps, guidance_scale=settings.guidance, scheduler=settings.scheduler,
             generator=torch.Generator(device="cpu").manual_seed(settings.seed),
             mask_channel=location,
-            composite=settings.composite, feather=settings.feather, progress=progress,
+            composite=settings.composite, progress=progress,
+            feather=settings.feather_px,
         )
     except torch.OutOfMemoryError as err:  # a message in the page, and the server keeps serving
         raise MemoryError(f"the model ran out of memory on {pipe.device}: try a smaller target or fewer "
@@ -127,4 +140,4 @@ def describe(outcome: Outcome, settings: Settings) -> dict[str, Any]:
     h, w = outcome.image.shape[:2]
     return {"size": [w, h], "region": None if outcome.region is None else list(outcome.region),
             "crop_box": list(outcome.crop_box), "location": outcome.location, "seconds": round(outcome.seconds, 3),
-            "started": outcome.started, "finished": outcome.finished, **asdict(settings)}
+            "started": outcome.started, "finished": outcome.finished, **asdict(settings), "feather": settings.feather_px}

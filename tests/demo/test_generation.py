@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from demo.generation import Settings, Teleport, describe, generate, load_pipeline, model_defaults
+from demo.generation import (Settings, Teleport, default_feather, describe, generate, load_pipeline,
+                             model_defaults)
 from tests.demo.conftest import TRAIN_EXPORT_SAMPLING, scene_images
 
 
@@ -72,3 +73,17 @@ def test_dtype_option(demo_model):
     assert label == "cpu bfloat16"
     out = generate(pipe, job(box=(150, 90, 300, 250)), Settings("ddim", 1, 1.0, 0), progress=False)
     assert out.image.dtype == np.uint8 and out.image.shape == (320, 480, 3)
+
+
+@pytest.mark.parametrize("composite", ["box", "crop"])
+def test_default_feather_is_the_pipelines_own(pipe, composite):
+    """What the page's feather starts at (and `anydoor generate` uses without --feather) for each mode."""
+    import torch
+
+    from models.pipeline import Job
+
+    j = job(box=(150, 90, 300, 250))
+    ours = generate(pipe, j, Settings("ddim", 1, 1.0, 0, composite, feather=default_feather(composite)), progress=False)
+    theirs = pipe(Job(j.reference, j.target, j.reference_mask, box=j.box), num_inference_steps=1, guidance_scale=1.0,
+                  scheduler="ddim", generator=torch.Generator().manual_seed(0), composite=composite, progress=False)
+    assert np.array_equal(ours.image, theirs.images[0])
