@@ -9,7 +9,7 @@ CONFIG ?= configs/tiny.yaml
 TEST_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all train shards eval bench bench-data bench-train bench-infer bench-convert clean
+.PHONY: help install test test-all train shards eval demo bench bench-data bench-train bench-infer bench-convert clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ train: shards  ## train the tiny embedded default on CPU (<= 30 min); logs and s
 
 eval: shards  ## score the `make train` checkpoint against baselines on the held-out synthetic set
 	$(VENV)/bin/anydoor eval --config configs/eval_tiny.yaml
+
+# The newest `make train` export, or MODEL=DIR (e.g. an `anydoor convert` folder; DEMO_ARGS="--device cuda").
+demo: $(STAMP)  ## serve the web demo on http://127.0.0.1:7860 (the newest `make train` model; MODEL=DIR for another)
+	$(VENV)/bin/anydoor demo $(if $(MODEL),--model $(MODEL)) $(DEMO_ARGS)
 
 bench: bench-data bench-train bench-infer  ## run every benchmark
 

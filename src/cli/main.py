@@ -1,4 +1,4 @@
-"""anydoor: teleport an object into any scene (pack data, generate, convert, evaluate).
+"""anydoor: teleport an object into any scene (pack data, generate, convert, evaluate, demo).
 
 The `anydoor` console script has one sub-command per module in ``SUBCOMMANDS``. Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int`` and imports
 nothing heavy at module level, so ``anydoor --help`` stays instant.
@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("src.cli.generate", "teleport a reference object into a target image"),
     "convert": ("src.cli.convert", "convert the authors' released checkpoint to our pretrained layout"),
     "eval": ("src.cli.evaluate", "score generations (DINO-I, CLIP-I, PSNR/SSIM) against baselines"),
+    "demo": ("src.cli.demo", "serve the web demo (a Gradio page) on this machine"),
 }
 
 
