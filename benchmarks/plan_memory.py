@@ -249,8 +249,10 @@ def _adjust(row: Row, setting: Setting, how: str, note: str, weights: float = 0.
 
 def adam8bit_state_bytes(n_large: int, n_small: int, blocks: int, tensors: int) -> int:
     """bitsandbytes AdamW8bit: two uint8 states + one fp32 absmax per 256-element block each for
-    tensors of >= 4096 elements, two fp32 states below that; ~512 B allocator rounding per state."""
-    return 2 * n_large + 2 * 4 * blocks + 8 * n_small + 4 * 512 * tensors
+    tensors of >= 4096 elements, two fp32 states below that, two shared 256-entry quantisation maps;
+    plus up to 512 B of CUDA allocator rounding for each of a tensor's four state tensors. Checked
+    against bitsandbytes 0.50.2 on CPU (tests/benchmarks/test_plan_memory.py)."""
+    return 2 * n_large + 2 * 4 * blocks + 8 * n_small + 2 * 256 * 4 + 4 * 512 * tensors
 
 
 def eight_bit_row(row: Row, facts: dict[str, Any]) -> Row:

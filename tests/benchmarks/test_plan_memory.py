@@ -37,10 +37,31 @@ def test_peak_is_the_largest_phase_and_need_adds_the_margins():
 def test_eight_bit_swaps_the_state_for_bitsandbytes_layout_and_drops_the_step_temporary():
     r = eight_bit_row(_row(), FACTS)
     state = adam8bit_state_bytes(900, 100, 4, 3)
-    assert state == 2 * 900 + 8 * 4 + 8 * 100 + 4 * 512 * 3
+    assert state == 2 * 900 + 8 * 4 + 8 * 100 + 2048 + 4 * 512 * 3
     assert r.phases["forward"]["optimizer"] == state
     assert r.phases["optimizer"]["temporaries"] == 0
     assert r.setting.optimizer == "adamw8bit" and r.how == "derived"
+
+
+def test_eight_bit_layout_is_bitsandbytes_own():
+    """Only where bitsandbytes is installed (it is not a dependency; it runs on CPU since 0.4x)."""
+    import math
+
+    import torch
+
+    bnb = pytest.importorskip("bitsandbytes")
+    model = torch.nn.Sequential(torch.nn.Linear(300, 500), torch.nn.Linear(500, 7), torch.nn.Conv2d(64, 64, 3))
+    opt = bnb.optim.AdamW8bit(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    storages = {v.untyped_storage().data_ptr(): v.nbytes for s in opt.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor)}
+    params = list(model.parameters())
+    large = [p.numel() for p in params if p.numel() >= 4096]
+    small = [p.numel() for p in params if p.numel() < 4096]
+    exact = adam8bit_state_bytes(sum(large), sum(small), sum(math.ceil(n / 256) for n in large), 0)
+    assert sum(storages.values()) == exact
 
 
 def test_ddp_buckets_cost_one_fp32_gradient_copy_unless_they_are_views():
