@@ -124,3 +124,34 @@ def test_full_size_step_on_fake_tensors_books_what_the_parameter_counts_say(tmp_
     assert row["gradients_gib"] == pytest.approx(4 * facts["trainable"] / GIB, abs=0.02)
     assert row["optimizer_gib"] == pytest.approx(8 * facts["trainable"] / GIB, abs=0.02)
     assert row["temporaries_gib"] == pytest.approx(4 * facts["trainable"] / GIB, abs=0.02)
+
+
+def test_24gb_config_parses_with_the_training_cli(capsys):
+    from src.cli.train import cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", "configs/anydoor_24gb.yaml", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "gradient_as_bucket_view: true" in printed and "use_8bit_adam: true" in printed
+
+
+def test_config_settings_read_the_recipe():
+    from benchmarks.full_model import read_config
+    from benchmarks.plan_memory import config_settings
+
+    (s,) = config_settings(read_config("configs/anydoor_24gb.yaml"))
+    assert (s.batch, s.precision, s.checkpointing, s.optimizer, s.size) == (8, "bf16-mixed", True, "adamw8bit", 512)
+    with pytest.raises(ValueError, match="nowhere.yaml"):
+        read_config("nowhere.yaml")
+
+
+@pytest.mark.slow
+def test_24gb_recipe_fits_one_24gb_gpu_at_its_batch(tmp_path):
+    from benchmarks.plan_memory import main
+
+    out = tmp_path / "plan.json"
+    assert main(["--config", "configs/anydoor_24gb.yaml", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["batch"] == 8 and row["optimizer"] == "adamw8bit" and row["how"] == "derived"
+    assert row["fits"]["24GB"] and row["need_gib"] < 22.5  # also inside an A10/L4's 22.5 GiB
