@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from benchmarks.full_model import random_batch, read_config
-from benchmarks.plan_memory import GIB, Setting, make_optimizer, plan, set_checkpointing, train_step, warm_optimizer
+from benchmarks.plan_memory import Setting, make_optimizer, plan, set_checkpointing, train_step, warm_optimizer
 
 
 def measured_peak(config: dict[str, Any], setting: Setting) -> int:

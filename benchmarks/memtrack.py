@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map, tree_map_only
+from torch.utils._pytree import tree_leaves, tree_map, tree_map_only
 
 BLOCK = 512  # CUDA caching allocator's minimum block and rounding step
 CATEGORIES = ("weights", "gradients", "optimizer", "activations", "temporaries")
@@ -196,25 +196,19 @@ class CudaAutocast(TorchFunctionMode):
         if name in LOWER_PRECISION:
             args, kwargs = tree_map(lambda t: self._cast(t, self.dtype), (args, kwargs))
         elif name in FP32:
-            has_low = any(_is_float(t) and t.dtype != torch.float32 for t in _leaves((args, kwargs)))
+            has_low = any(_is_float(t) and t.dtype != torch.float32 for t in tree_leaves((args, kwargs)))
             if name in ("softmax", "log_softmax", "cumprod", "cumsum", "prod", "sum"):
                 if has_low and kwargs.get("dtype") is None and not _has_positional_dtype(args):
                     kwargs = {**kwargs, "dtype": torch.float32}
             else:
                 args, kwargs = tree_map(lambda t: self._cast(t, torch.float32), (args, kwargs))
         elif name in PROMOTE:
-            floats = [t for t in _leaves((args, kwargs)) if _is_float(t)]
+            floats = [t for t in tree_leaves((args, kwargs)) if _is_float(t)]
             if floats:
                 widest = max((t.dtype for t in floats), key=lambda d: torch.finfo(d).bits)
                 if any(t.dtype != widest for t in floats):
                     args, kwargs = tree_map(lambda t: self._cast(t, widest), (args, kwargs))
         return func(*args, **kwargs)
-
-
-def _leaves(tree: Any) -> Iterable[Any]:
-    from torch.utils._pytree import tree_leaves
-
-    return tree_leaves(tree)
 
 
 def _has_positional_dtype(args: tuple) -> bool:

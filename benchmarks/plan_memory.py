@@ -19,7 +19,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -100,11 +100,12 @@ def warm_optimizer(module, optimizer: torch.optim.Optimizer) -> None:
 
 
 def train_step(module, optimizer, batch: dict[str, torch.Tensor], precision: str,
-               tracker: Optional[PeakMemory] = None, emulate_autocast: bool = True, clip: float = 1.0) -> float:
+               tracker: Optional[PeakMemory] = None, emulate_autocast: bool = True, clip: float = 1.0) -> torch.Tensor:
     """One Lightning-style step: forward under autocast, backward, clip, optimizer step, zero_grad.
 
     ``emulate_autocast`` replays CUDA's policy (fake/CPU tensors); on a GPU pass False for the real one.
     fp16 scales the loss like ``GradScaler`` (same memory; no unscale skip logic needed here).
+    Returns the (detached) loss.
     """
     dtype = PRECISION_DTYPES[precision]
     phase: Callable[[str], Any] = tracker.step_phase if tracker else (lambda name: nullcontext())
