@@ -9,7 +9,7 @@ CONFIG ?= configs/tiny.yaml
 TEST_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all train shards eval demo bench bench-data bench-train bench-infer bench-convert clean
+.PHONY: help install test test-all train shards eval demo bench bench-data bench-train bench-infer bench-convert plan-memory gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -54,8 +54,15 @@ $(DATA)/bench/manifest.json: | $(STAMP)
 bench-data: $(DATA)/bench/manifest.json  ## data loader samples/s per core and with workers (512 px crops from 1280x720 frames)
 	$(PY) -m benchmarks.bench_data --shards $(DATA)/bench
 
-bench-train: $(STAMP)  ## training step time and peak memory (tiny on CPU; full size on a GPU if present)
-	$(PY) -m benchmarks.bench_train
+bench-train: $(STAMP)  ## training step time of the tiny default on CPU
+	OMP_NUM_THREADS=$(TRAIN_THREADS) $(PY) -m benchmarks.bench_train
+
+plan-memory: $(STAMP)  ## full-size training memory per GPU, planned on fake tensors (no GPU; ~15 min on 2 busy cores)
+	$(PY) -m benchmarks.plan_memory
+
+GPU_CHECK_OUT ?= outputs/gpu_check
+gpu-check: $(STAMP)  ## on a CUDA machine: real peaks beside the plan, training and inference speed (< 8 min on an H200)
+	$(PY) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT)
 
 bench-infer: $(STAMP)  ## one generation, part by part, and peak memory
 	$(PY) -m benchmarks.bench_infer

@@ -1,9 +1,9 @@
-"""Training step time and peak memory: the tiny default on CPU; the full size on a GPU if present.
+"""Training step time of the tiny default on CPU (the full size has its own tools, below).
 
-    python -m benchmarks.bench_train [--steps 20] [--batch 8] [--full-batch 4] [--skip-full]
+    python -m benchmarks.bench_train [--steps 10] [--batch 8]
 
-Full size = SD-2.1-base-shaped U-Net/ControlNet/VAE + ViT-g/14, random init (no downloads), bf16
-autocast, gradient checkpointing, AdamW (8-bit with --8bit if bitsandbytes is installed).
+Full size without a GPU, memory: ``python -m benchmarks.plan_memory`` (docs/training.md's table).
+Full size on a GPU, real peaks beside the plan and samples/s: ``python -m benchmarks.gpu_check --out DIR``.
 """
 
 from __future__ import annotations
@@ -15,104 +15,41 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from models.anydoor_module import AnyDoorModule
-
-SD21_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    layers_per_block=2, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-)
+from benchmarks.full_model import build_module, random_batch, read_config
+from benchmarks.plan_memory import make_optimizer, train_step
 
 
-def random_batch(batch: int, size: int, generator: torch.Generator, device: str) -> dict[str, torch.Tensor]:
-    b = {
-        "reference": torch.rand(batch, 3, 224, 224, generator=generator),
-        "target": torch.rand(batch, 3, size, size, generator=generator) * 2 - 1,
-        "collage": torch.rand(batch, 4, size, size, generator=generator) * 2 - 1,
-        "kind": torch.randint(0, 3, (batch,), generator=generator),
-        "box": torch.tensor([[size // 4, size // 4, 3 * size // 4, 3 * size // 4]] * batch),
-    }
-    return {k: v.to(device) for k, v in b.items()}
-
-
-def time_steps(module: AnyDoorModule, batch: dict, steps: int, device: str, autocast: bool) -> float:
-    opt = module.configure_optimizers()
-    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+def bench_tiny(steps: int, batch: int, config_path: str = "configs/tiny.yaml") -> dict:
+    config = read_config(config_path)
+    module = build_module(config, "cpu")
     module.train()
+    optimizer = make_optimizer(module)
+    size = int(config["data"]["init_args"]["image_size"])
+    data = random_batch(batch, size, int(config["data"]["init_args"].get("reference_size", 224)))
+    precision = str(config["trainer"].get("precision", "32-true"))
     times = []
     for i in range(steps + 2):
-        if device == "cuda":
-            torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
-            loss = module.diffusion_loss(batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        train_step(module, optimizer, data, precision, emulate_autocast=False)
         if i >= 2:  # the first two steps warm up allocators and kernels
             times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def bench_tiny(steps: int, batch: int) -> dict:
-    cfg = yaml.safe_load(Path("configs/tiny.yaml").read_text())
-    module = AnyDoorModule(**cfg["model"]["init_args"])
-    size = cfg["data"]["init_args"]["image_size"]
-    step = time_steps(module, random_batch(batch, size, torch.Generator().manual_seed(0), "cpu"), steps, "cpu", False)
+    step = sorted(times)[len(times) // 2]
     n_train = sum(p.numel() for p in module.trainable_parameters().values())
-    return {"config": "tiny", "device": "cpu", "threads": torch.get_num_threads(), "batch": batch,
-            "image_size": size, "precision": "fp32", "trainable_params_M": round(n_train / 1e6, 2),
+    return {"config": config_path, "device": "cpu", "threads": torch.get_num_threads(), "batch": batch,
+            "image_size": size, "precision": precision, "trainable_params_M": round(n_train / 1e6, 2),
             "step_s": round(step, 4), "samples_per_s": round(batch / step, 2),
-            "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
-
-
-def bench_full(steps: int, batch: int, eight_bit: bool) -> dict:
-    from diffusers import AutoencoderKL
-
-    module = AnyDoorModule(
-        unet_config=SD21_UNET, first_stage={"type": "space_to_depth", "factor": 8},
-        id_encoder={"model_name": "vit_giant_patch14_dinov2"}, gradient_checkpointing=True,
-        use_8bit_adam=eight_bit, lr=1e-5,
-    )
-    from models.components.first_stage import VAEFirstStage
-
-    module.first_stage = VAEFirstStage(AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4))
-    module.first_stage.to(torch.bfloat16)
-    module.id_encoder.vit.to(torch.bfloat16)
-    module.to("cuda")
-    torch.cuda.reset_peak_memory_stats()
-    step = time_steps(module, random_batch(batch, 512, torch.Generator().manual_seed(0), "cuda"), steps, "cuda", True)
-    n_train = sum(p.numel() for p in module.trainable_parameters().values())
-    return {"config": "full (SD-2.1-base + ViT-g/14 shapes)", "device": torch.cuda.get_device_name(), "batch": batch,
-            "image_size": 512, "precision": "bf16 autocast, fp32 weights", "adamw": "8-bit" if eight_bit else "fp32",
-            "trainable_params_M": round(n_train / 1e6, 1), "step_s": round(step, 3),
-            "samples_per_s": round(batch / step, 2),
-            "peak_gpu_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+            "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "load_average": Path("/proc/loadavg").read_text().split()[:3]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--full-batch", type=int, default=4)
-    p.add_argument("--8bit", dest="eight_bit", action="store_true")
-    p.add_argument("--skip-full", action="store_true")
+    p.add_argument("--config", default="configs/tiny.yaml")
     args = p.parse_args(argv)
-    print(json.dumps(bench_tiny(args.steps, args.batch)))
-    if args.skip_full:
-        return 0
-    if not torch.cuda.is_available():
-        print(json.dumps({"config": "full", "skipped": "no CUDA device on this machine"}))
-        return 0
-    print(json.dumps(bench_full(args.steps, args.full_batch, args.eight_bit)))
+    print(json.dumps(bench_tiny(args.steps, args.batch, args.config)))
     return 0
 
 
