@@ -9,6 +9,7 @@ autocast, gradient checkpointing, AdamW (8-bit with --8bit if bitsandbytes is in
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import time
@@ -19,20 +20,13 @@ import yaml
 
 from models.anydoor_module import AnyDoorModule
 
-SD21_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    layers_per_block=2, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-)
-
-
 def random_batch(batch: int, size: int, generator: torch.Generator, device: str) -> dict[str, torch.Tensor]:
     b = {
         "reference": torch.rand(batch, 3, 224, 224, generator=generator),
         "target": torch.rand(batch, 3, size, size, generator=generator) * 2 - 1,
         "collage": torch.rand(batch, 4, size, size, generator=generator) * 2 - 1,
         "kind": torch.randint(0, 3, (batch,), generator=generator),
+        "timesteps": torch.randint(0, 1000, (batch,), generator=generator),  # as the timestep callback adds them
         "box": torch.tensor([[size // 4, size // 4, 3 * size // 4, 3 * size // 4]] * batch),
     }
     return {k: v.to(device) for k, v in b.items()}
@@ -62,7 +56,8 @@ def time_steps(module: AnyDoorModule, batch: dict, steps: int, device: str, auto
 
 def bench_tiny(steps: int, batch: int) -> dict:
     cfg = yaml.safe_load(Path("configs/tiny.yaml").read_text())
-    module = AnyDoorModule(**cfg["model"]["init_args"])
+    module = AnyDoorModule.from_config_file("configs/tiny.yaml")
+    module.optimizer_factory = functools.partial(torch.optim.AdamW, **cfg["model"]["init_args"]["optimizer"]["init_args"])
     size = cfg["data"]["init_args"]["image_size"]
     step = time_steps(module, random_batch(batch, size, torch.Generator().manual_seed(0), "cpu"), steps, "cpu", False)
     n_train = sum(p.numel() for p in module.trainable_parameters().values())
@@ -73,19 +68,16 @@ def bench_tiny(steps: int, batch: int) -> dict:
 
 
 def bench_full(steps: int, batch: int, eight_bit: bool) -> dict:
-    from diffusers import AutoencoderKL
+    from benchmarks.full_size import full_size_module
 
-    module = AnyDoorModule(
-        unet_config=SD21_UNET, first_stage={"type": "space_to_depth", "factor": 8},
-        id_encoder={"model_name": "vit_giant_patch14_dinov2"}, gradient_checkpointing=True,
-        use_8bit_adam=eight_bit, lr=1e-5,
-    )
-    from models.components.first_stage import VAEFirstStage
+    if eight_bit:
+        import bitsandbytes as bnb
 
-    module.first_stage = VAEFirstStage(AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4))
-    module.first_stage.to(torch.bfloat16)
+        optimizer = functools.partial(bnb.optim.AdamW8bit, lr=1e-5)
+    else:
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-5)
+    module = full_size_module(gradient_checkpointing=True, optimizer=optimizer)
+    module.vae.to(torch.bfloat16)
     module.id_encoder.vit.to(torch.bfloat16)
     module.to("cuda")
     torch.cuda.reset_peak_memory_stats()

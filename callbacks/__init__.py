@@ -1,8 +1,8 @@
-"""Training callbacks: frequency-aware timesteps, sample grids, exports, a max_time-aware progress bar."""
+"""Training callbacks: frequency-aware timesteps, sample grids, the model-folder export, a max_time-aware progress bar."""
 
-from callbacks.export import ExportOnTrainEnd, export_checkpoint
+from callbacks.export import ExportOnTrainEnd
 from callbacks.progress import TimeBudgetProgressBar
 from callbacks.sample_logger import SampleLogger
 from callbacks.timesteps import FrequencyAwareTimesteps
 
-__all__ = ["ExportOnTrainEnd", "FrequencyAwareTimesteps", "SampleLogger", "TimeBudgetProgressBar", "export_checkpoint"]
+__all__ = ["ExportOnTrainEnd", "FrequencyAwareTimesteps", "SampleLogger", "TimeBudgetProgressBar"]

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from models.components.detail_extractor import COLLAGE_EMBEDDING_CHANNELS
+
 # The authors' `configs/anydoor.yaml` (`model.params`), only the fields the conversion reads.
 _LDM_UNET_PARAMS: dict[str, Any] = {
     "in_channels": 4,
@@ -93,7 +95,6 @@ SCHEDULE_BUFFERS: tuple[str, ...] = (
 # first conv never runs; diffusers adds conv_in(x) to the hint embedding, hence conv_in := 0.
 UNUSED_CONTROLNET_CONV = ("control_model.input_blocks.0.0.weight", "control_model.input_blocks.0.0.bias")
 DINOV2_MASK_TOKEN = "mask_token"  # masked-image-modelling token, used only in DINOv2 pre-training
-HINT_EMBEDDING_CHANNELS = (16, 32, 96, 256)  # fixed in the authors' ControlNet.input_hint_block
 
 
 class ConversionError(ValueError):
@@ -110,31 +111,6 @@ class ConvertedComponent:
 
 
 # ----------------------------------------------------------------------------------------- input
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a Lightning / plain checkpoint, memory-mapped so nothing is read until used."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # legacy (non-zip) file: cannot be memory-mapped, read it whole
-            if "mmap" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling fails in many types; name the file
-        raise ConversionError(f"{path}: cannot be loaded with torch.load(weights_only=True): {err}") from err
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConversionError(f"{path}: holds no state dict of tensors")
-    return dict(obj)
 
 
 def load_ldm_config(path: str | Path | None) -> dict[str, Any]:
@@ -185,7 +161,7 @@ def controlnet_config_from_ldm(config: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
             "attention_head_dim", "use_linear_projection", "transformer_layers_per_block")
     return {**{k: unet[k] for k in keep}, "conditioning_channels": int(control["hint_channels"]),
-            "conditioning_embedding_out_channels": list(HINT_EMBEDDING_CHANNELS)}
+            "conditioning_embedding_out_channels": list(COLLAGE_EMBEDDING_CHANNELS)}
 
 
 def vae_config_from_ldm(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -303,11 +279,15 @@ def check_against_model(part: str, component: ConvertedComponent, model: torch.n
 
 
 def _meta_model(part: str, config: Mapping[str, Any]) -> torch.nn.Module:
+    """``part``'s model built on the meta device: shapes without memory or random init. ``dinov2``
+    is the bare timm ViT of an ID-encoder config."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
-    cls = {"unet": UNet2DConditionModel, "controlnet": ControlNetModel, "vae": AutoencoderKL}
+    from models.components.id_encoder import IDEncoder
+
+    cls = {"unet": UNet2DConditionModel, "controlnet": ControlNetModel, "vae": AutoencoderKL, "id_encoder": IDEncoder}
     with torch.device("meta"):
-        if part == "id_encoder":
+        if part == "dinov2":
             return build_vit(config)
         return cls[part](**config)
 
@@ -319,7 +299,7 @@ def convert_dinov2(
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     config = vit_config_from_state_dict(state_dict, num_heads)
-    model = _meta_model("id_encoder", config)
+    model = _meta_model("dinov2", config)
     converted = checkpoint_filter_fn(dict(state_dict), model)
     origin = {id(v): k for k, v in state_dict.items()}
     component = ConvertedComponent(config, converted, _trace(converted, origin, "dinov2"))
@@ -427,11 +407,8 @@ def dropped_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- output
 
-DIFFUSERS_CLASSES = {"unet": "UNet2DConditionModel", "controlnet": "ControlNetModel", "vae": "AutoencoderKL"}
-
-
 def materialize(part: str, component: ConvertedComponent, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """The diffusers model of ``part`` holding the converted tensors (assigned, not copied)."""
+    """The model of ``part`` holding the converted tensors (assigned, not copied)."""
     model = _meta_model(part, component.config)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in component.state_dict.items()}
@@ -439,31 +416,21 @@ def materialize(part: str, component: ConvertedComponent, dtype: torch.dtype | N
     return model.eval()
 
 
-def save_converted(components: Mapping[str, ConvertedComponent], out_dir: str | Path,
-                   dtype: torch.dtype | None = None) -> list[Path]:
-    """Write the pretrained layout one component at a time (peak RAM ~ the largest component)."""
-    import json
-
+def save_converted(components: Mapping[str, ConvertedComponent], out_dir: str | Path, dtype: torch.dtype | None = None,
+                   sampling: Mapping[str, Any] | None = None, preprocessing: Mapping[str, Any] | None = None) -> None:
+    """Write a model folder one part at a time (peak RAM ~ the largest part), each with diffusers'
+    ``save_pretrained``; ``model_index.json`` is the config of a pipeline of meta-device parts."""
     from diffusers import DDIMScheduler
-    from safetensors.torch import save_file
+
+    from models.pipeline import AnyDoorPipeline
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for part in ("unet", "controlnet", "vae"):
+    for part in ("unet", "controlnet", "vae", "id_encoder"):
         model = materialize(part, components[part], dtype)
         model.save_pretrained(out_dir / part, safe_serialization=True)
-        written.append(out_dir / part)
         del model
-    id_dir = out_dir / "id_encoder"
-    id_dir.mkdir(exist_ok=True)
-    comp = components["id_encoder"]
-    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-               for k, v in comp.state_dict.items()}
-    save_file(tensors, str(id_dir / "model.safetensors"))
-    (id_dir / "config.json").write_text(json.dumps(comp.config, indent=2) + "\n")
-    written.append(id_dir)
-    del tensors
-    DDIMScheduler.from_config(components["scheduler"].config).save_pretrained(out_dir / "scheduler")
-    written.append(out_dir / "scheduler")
-    return written
+    scheduler = DDIMScheduler.from_config(components["scheduler"].config)
+    scheduler.save_pretrained(out_dir / "scheduler")
+    parts = {p: _meta_model(p, components[p].config) for p in ("id_encoder", "controlnet", "unet", "vae")}
+    AnyDoorPipeline(**parts, scheduler=scheduler, sampling=sampling, preprocessing=preprocessing).save_config(out_dir)

@@ -6,6 +6,7 @@ import torch
 import yaml
 
 from models.components import conversion as conv
+from models.components.weights import load_state_dict_file
 from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 
 # copy of shared/reference/anydoor_official_keys.tsv (keys, shapes of the released checkpoint)
@@ -95,7 +96,7 @@ def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_pat
     ckpt = tmp_path / "epoch=1.ckpt"  # Lightning layout, optimizer state included
     torch.save({"epoch": 1, "state_dict": tiny["ldm"], "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(3)}}}]}, ckpt)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_YAML))
-    sd = conv.load_state_dict(ckpt)
+    sd = load_state_dict_file(ckpt)
     out = conv.convert_anydoor_checkpoint(sd, conv.load_ldm_config(tmp_path / "tiny.yaml"), vit_num_heads=2,
                                           reference_size=28)
     conv.save_converted(out, tmp_path / "model")
@@ -134,7 +135,7 @@ def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_pat
 def test_dinov2_release_file_alone(tiny, tmp_path):
     original = {k[len("cond_stage_model.model."):]: v for k, v in tiny["ldm"].items() if k.startswith("cond_stage_model.model.")}
     torch.save(original, tmp_path / "dinov2_vitg14_pretrain.pth")
-    comp, dropped = conv.convert_dinov2(conv.load_state_dict(tmp_path / "dinov2_vitg14_pretrain.pth"), num_heads=2)
+    comp, dropped = conv.convert_dinov2(load_state_dict_file(tmp_path / "dinov2_vitg14_pretrain.pth"), num_heads=2)
     assert dropped == ["mask_token"]
     vit = conv.build_vit(comp.config)
     vit.load_state_dict(comp.state_dict, strict=True)
@@ -149,7 +150,7 @@ def test_wrong_schedule_and_unreadable_file_are_errors(tiny, tmp_path):
     with pytest.raises(conv.ConversionError, match="betas"):
         conv.convert_anydoor_checkpoint(sd, TINY_YAML, vit_num_heads=2)
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(conv.ConversionError, match="junk.ckpt"):
-        conv.load_state_dict(tmp_path / "junk.ckpt")
+    with pytest.raises(ValueError, match="junk.ckpt"):
+        load_state_dict_file(tmp_path / "junk.ckpt")
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        conv.load_state_dict(tmp_path / "missing.ckpt")
+        load_state_dict_file(tmp_path / "missing.ckpt")
