@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from models.anydoor_module import AnyDoorModule
-from models.components import conversion
+from models.components import ldm_configs
 
 
 def full_size_module(**overrides: Any) -> AnyDoorModule:
-    ldm = conversion.RELEASED_LDM_CONFIG
-    args: dict[str, Any] = dict(unet_config=conversion.unet_config_from_ldm(ldm),
-                                vae={"type": "vae", "config": conversion.vae_config_from_ldm(ldm)},
+    ldm = ldm_configs.RELEASED_LDM_CONFIG
+    args: dict[str, Any] = dict(unet_config=ldm_configs.unet_config_from_ldm(ldm),
+                                vae={"type": "vae", "config": ldm_configs.vae_config_from_ldm(ldm)},
                                 id_encoder={"model_name": "vit_giant_patch14_dinov2"},
                                 noise_schedule={"timestep_spacing": "leading"}, sample_steps=50, guidance_scale=5.0)
     return AnyDoorModule(**{**args, **overrides})

@@ -35,6 +35,7 @@ def _convert_file(args: argparse.Namespace, out) -> str:
     import torch
 
     from models.components import conversion as conv
+    from models.components.ldm_configs import load_ldm_config
     from models.components.weights import load_state_dict_file
     from models.pipeline import AUTHORS_SAMPLING
     from src.conditioning import AUTHORS_PREPROCESSING
@@ -53,7 +54,7 @@ def _convert_file(args: argparse.Namespace, out) -> str:
             (tmp / "config.json").write_text(json.dumps(vit.config, indent=2) + "\n")
         return (f"DINOv2 -> timm ViT: {len(tensors)} tensors to {out / 'model.safetensors'} (dropped {dropped}); "
                 "use it as IDEncoder(weights=..., vit_kwargs=config['vit_kwargs'])")
-    components = conv.convert_anydoor_checkpoint(state, conv.load_ldm_config(args.config), args.vit_heads,
+    components = conv.convert_anydoor_checkpoint(state, load_ldm_config(args.config), args.vit_heads,
                                                  args.reference_size)
     with atomic_dir(out) as tmp:
         conv.save_converted(components, tmp, dtype, sampling=AUTHORS_SAMPLING._asdict(),

@@ -6,6 +6,7 @@ import torch
 import yaml
 
 from models.components import conversion as conv
+from models.components import ldm_configs as ldm
 from models.components.weights import load_state_dict_file
 from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 
@@ -81,11 +82,11 @@ def test_tiny_checkpoint_has_the_released_key_names(tiny):
 
 def test_released_yaml_round_trips_to_default_architecture(tmp_path):
     path = tmp_path / "anydoor.yaml"
-    path.write_text(yaml.safe_dump(conv.RELEASED_LDM_CONFIG))
-    assert conv.unet_config_from_ldm(conv.load_ldm_config(path)) == conv.unet_config_from_ldm(conv.load_ldm_config(None))
+    path.write_text(yaml.safe_dump(ldm.RELEASED_LDM_CONFIG))
+    assert ldm.unet_config_from_ldm(ldm.load_ldm_config(path)) == ldm.unet_config_from_ldm(ldm.load_ldm_config(None))
     (tmp_path / "bad.yaml").write_text("model: {params: {unet_config: {}}}\n")
     with pytest.raises(conv.ConversionError, match="bad.yaml"):
-        conv.load_ldm_config(tmp_path / "bad.yaml")
+        ldm.load_ldm_config(tmp_path / "bad.yaml")
 
 
 def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_path):
@@ -97,7 +98,7 @@ def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_pat
     torch.save({"epoch": 1, "state_dict": tiny["ldm"], "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(3)}}}]}, ckpt)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_YAML))
     sd = load_state_dict_file(ckpt)
-    out = conv.convert_anydoor_checkpoint(sd, conv.load_ldm_config(tmp_path / "tiny.yaml"), vit_num_heads=2,
+    out = conv.convert_anydoor_checkpoint(sd, ldm.load_ldm_config(tmp_path / "tiny.yaml"), vit_num_heads=2,
                                           reference_size=28)
     conv.save_converted(out, tmp_path / "model")
 
@@ -137,7 +138,7 @@ def test_dinov2_release_file_alone(tiny, tmp_path):
     torch.save(original, tmp_path / "dinov2_vitg14_pretrain.pth")
     comp, dropped = conv.convert_dinov2(load_state_dict_file(tmp_path / "dinov2_vitg14_pretrain.pth"), num_heads=2)
     assert dropped == ["mask_token"]
-    vit = conv.build_vit(comp.config)
+    vit = ldm.build_vit(comp.config)
     vit.load_state_dict(comp.state_dict, strict=True)
     img = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
