@@ -39,7 +39,9 @@ def _legacy_id_encoder(directory: Path) -> Any:
     from models.components.id_encoder import IDEncoder
 
     config = json.loads((directory / "config.json").read_text())
-    with torch.device("meta"):  # filled by assignment below: no random ViT init, no second copy
+    # Built on the meta device and filled by assignment: no random ViT init, no second copy. Only
+    # saved afterwards (the meta normalisation buffers are not part of the state dict).
+    with torch.device("meta"):
         encoder = IDEncoder(**{k: config[k] for k in ("model_name", "vit_kwargs", "out_dim", "image_size")})
     weights = directory / "model.safetensors"
     missing, unexpected = encoder.load_state_dict(load_file(str(weights)), strict=False, assign=True)
