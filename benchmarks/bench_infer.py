@@ -20,6 +20,9 @@ import time
 import numpy as np
 import torch
 
+from models.components.denoiser import AnyDoorDenoiser
+from models.components.first_stage import latent_channels, latent_factor
+
 REFERENCE_CPU = {"guided_step_s": 28.0, "id_encoder_s": 4.9, "vae_decode_s": 19.0,
                  "generation_s": 24 * 60, "peak_rss_gib": 11.4}
 
@@ -63,6 +66,22 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+def random_pipeline(size: str):
+    """``tiny``: configs/tiny.yaml's model; ``full``: the released architecture. Random init, fp32,
+    no recommended sampler (the pipeline's fallback: DPM-Solver++ 20 steps, guidance 5)."""
+    from models.pipeline import AnyDoorPipeline
+
+    if size == "tiny":
+        from models.anydoor_module import AnyDoorModule
+
+        module = AnyDoorModule.from_config_file("configs/tiny.yaml")
+    else:
+        from benchmarks.full_size import full_size_module
+
+        module = full_size_module()
+    return AnyDoorPipeline(**module.to_pipeline().components)
+
+
 def make_job(seed: int = 0):
     from models.pipeline import Job
 
@@ -77,8 +96,8 @@ def make_job(seed: int = 0):
 def compare_solvers(pipe, job, seed: int = 0) -> dict[str, float]:
     """Crops of several solvers from the same noise vs DDIM 50 (the authors' default) and vs a
     converged reference (DDIM 500): mean |difference| in 8-bit pixel levels."""
-    side = pipe.crop_size // pipe.vae.factor
-    noise = torch.randn(1, pipe.vae.latent_channels, side, side, generator=torch.Generator().manual_seed(seed))
+    side = pipe.crop_size // latent_factor(pipe.vae)
+    noise = torch.randn(1, latent_channels(pipe.vae), side, side, generator=torch.Generator().manual_seed(seed))
     runs = {"ddim500": ("ddim", 500, None), "ddim50": ("ddim", 50, None), "ddim20": ("ddim", 20, None),
             "dpm20": ("dpm", 20, None), "dpm20_leading": ("dpm", 20, "leading"), "dpm10": ("dpm", 10, None)}
     crops = {}
@@ -110,13 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unbatched", action="store_true", help="also time cond and uncond as two passes")
     parser.add_argument("--compare-solvers", action="store_true",
                         help="only compare DPM-Solver++ / DDIM step counts against DDIM 50 (use with --size tiny)")
-    parser.add_argument("--contiguous", action="store_true", help="NCHW convolutions (default: channels_last)")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="NCHW convolutions (default: channels-last, GroupNorm kept NCHW: use_channels_last)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--model", default=None,
                         help="a pretrained folder (e.g. a make-train export) instead of random weights; overrides --size")
     args = parser.parse_args(argv)
-
-    from models.pipeline import random_pipeline
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -131,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         res["size"] = None
         t, pipe = _timed(lambda: AnyDoorPipeline.from_pretrained(args.model).to(device, dtype), device)
     else:
-        t, pipe = _timed(lambda: random_pipeline(args.size, seed=0).to(device, dtype), device)
+        t, pipe = _timed(lambda: random_pipeline(args.size).to(device, dtype), device)
     pipe.use_channels_last(not args.contiguous)
     if args.compare_solvers:
         res["solver_mean_abs_diff_levels"] = compare_solvers(pipe, make_job())
@@ -152,17 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     t, tokens = _timed(lambda: pipe.encode_references(ref, guidance=True), device, label="id_encoder")
     res["id_encoder_s"] = round(t, 3)  # one DINOv2 pass per call (black-reference tokens cached)
 
-    side = pipe.crop_size // pipe.vae.factor
-    latents = torch.randn(1, pipe.vae.latent_channels, side, side, generator=torch.Generator().manual_seed(0))
+    side = pipe.crop_size // latent_factor(pipe.vae)
+    latents = torch.randn(1, latent_channels(pipe.vae), side, side, generator=torch.Generator().manual_seed(0))
     latents = latents.to(device, dtype)
     tstep = torch.tensor([981], device=device)
     fmt = torch.contiguous_format if args.contiguous else torch.channels_last
-    hint2 = torch.cat([collage, collage]).contiguous(memory_format=fmt)
+    collages = torch.cat([collage, collage]).contiguous(memory_format=fmt)
+    denoiser = AnyDoorDenoiser(pipe.unet, pipe.controlnet)
 
     def guided_step():
         with torch.no_grad():
             x = torch.cat([latents, latents]).contiguous(memory_format=fmt)
-            eps = pipe.denoiser(x, tstep.expand(2), tokens, hint2)
+            eps = denoiser(x, tstep.expand(2), tokens, collages)
             u, c = eps.chunk(2)
             return u + 5.0 * (c - u)
 
@@ -171,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.unbatched:
         def two_passes():
             with torch.no_grad():
-                return [pipe.denoiser(latents, tstep, tok[None], collage) for tok in tokens]
+                return [denoiser(latents, tstep, tok[None], collage) for tok in tokens]
 
         t, _ = _timed(two_passes, device, args.step_repeats, label="guided_step_unbatched")
         res["guided_step_unbatched_s"] = round(t, 3)

@@ -1,7 +1,8 @@
-"""Training callbacks: frequency-aware timesteps, sample grids, exports, a max_time-aware progress bar."""
+"""Training callbacks: frequency-aware timesteps, sample grids, the model-folder export, a max_time-aware
+progress bar, stopping on signals, and atomic checkpoint writes (a CheckpointIO plugin)."""
 
 from callbacks.checkpoint_io import SafeCheckpointIO
-from callbacks.export import ExportOnTrainEnd, export_checkpoint
+from callbacks.export import ExportOnTrainEnd
 from callbacks.interrupt import StopOnSignal
 from callbacks.progress import TimeBudgetProgressBar
 from callbacks.sample_logger import SampleLogger
@@ -9,5 +10,5 @@ from callbacks.timesteps import FrequencyAwareTimesteps
 
 __all__ = [
     "ExportOnTrainEnd", "FrequencyAwareTimesteps", "SafeCheckpointIO", "SampleLogger", "StopOnSignal",
-    "TimeBudgetProgressBar", "export_checkpoint",
+    "TimeBudgetProgressBar",
 ]

@@ -1,47 +1,55 @@
-"""Export the trained weights: trainable-only safetensors and the full pretrained folder."""
+"""At the end of fit: the model folder (``<run>/export/pretrained``) and a ``last.ckpt`` of the final step."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from safetensors.torch import save_file
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from src.conditioning import Preprocessing
 
 
-def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, use_ema: bool = True) -> Path:
-    """Lightning checkpoint (trainable weights only) -> one safetensors file (EMA weights if kept)."""
-    ckpt_path, out_path = Path(ckpt_path), Path(out_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
-    if "state_dict" not in ckpt:
-        raise ValueError(f"{ckpt_path}: not a Lightning checkpoint (no 'state_dict')")
-    state = ckpt["ema"]["shadow"] if use_ema and "ema" in ckpt else ckpt["state_dict"]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out_path))
-    return out_path
+def training_preprocessing(trainer: Trainer) -> Preprocessing:
+    """The centre of the ranges the run's training pairs were drawn from (the datamodule's pair
+    builder when it says, else ``src.conditioning``'s ranges)."""
+    builder = getattr(trainer.datamodule, "train_builder", None)
+    ranges = [getattr(builder, name, None) for name in ("reference_grow", "box_grow", "crop_grow")]
+    return Preprocessing.centre_of(*ranges) if all(r is not None for r in ranges) else Preprocessing.centre_of()
+
+
+def write_model_folder(pl_module: LightningModule, out: str | Path, preprocessing: Preprocessing,
+                       use_ema: bool = True) -> Path:
+    """``pl_module.to_pipeline()`` saved atomically at ``out`` (EMA weights when kept and ``use_ema``)."""
+    from contextlib import nullcontext
+
+    from src.files import atomic_dir
+
+    with pl_module.ema_weights() if use_ema else nullcontext(), atomic_dir(out) as tmp:
+        pl_module.to_pipeline(preprocessing).save_pretrained(tmp)
+    return Path(out)
 
 
 class ExportOnTrainEnd(Callback):
-    """At the end of fit: ``checkpoints/last.ckpt`` at the final step, ``<dir>/export/trainable.safetensors``
-    and ``<dir>/export/pretrained/`` (docs/design.md)."""
+    """In ``on_train_end`` (so a run stopped by ``max_time`` or a signal that sets
+    ``trainer.should_stop`` exports too): ``<dir>/export/pretrained/``, the model folder of
+    docs/design.md, written atomically; and ``last.ckpt`` brought to the final step when the
+    checkpoint callback's last one is older (one ``last.ckpt``: never a ``last-v1.ckpt`` beside it)."""
 
-    def __init__(self, dirpath: Optional[str] = None, pretrained: bool = True, use_ema: bool = True) -> None:
+    def __init__(self, dirpath: Optional[str] = None, use_ema: bool = True) -> None:
         self.dirpath = dirpath
-        self.pretrained = pretrained
         self.use_ema = use_ema
+        self.written: Optional[Path] = None
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # A stop by max_time lands between ModelCheckpoint's saves: write the true last step (all ranks).
-        ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if ckpt_dir:
-            trainer.save_checkpoint(str(Path(ckpt_dir) / "last.ckpt"), weights_only=False)  # resumable
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.save_last and ckpt.last_model_path:
+            # Saved before, not at this step (a stop between its every-N saves): overwrite its last.
+            # When it saved nothing yet, its own on_train_end writes last.ckpt at this step.
+            if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step:
+                trainer.save_checkpoint(ckpt.last_model_path)  # every rank: a collective for sharded strategies
         if not trainer.is_global_zero:
             return
-        out = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "export"
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(pl_module.trainable_state_dict(self.use_ema), str(out / "trainable.safetensors"))
-        if self.pretrained:
-            pl_module.save_pretrained(str(out / "pretrained"), use_ema=self.use_ema)
+        out = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "export" / "pretrained"
+        self.written = write_model_folder(pl_module, out, training_preprocessing(trainer), self.use_ema)

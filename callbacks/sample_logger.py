@@ -1,4 +1,4 @@
-"""Every N steps, sample a fixed validation batch and log [reference | collage | generated | truth]."""
+"""Every N steps, sample a fixed batch and log rows of [reference | collage | generated | truth]."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchvision.utils import make_grid, save_image
 
@@ -23,12 +24,11 @@ def sample_grid(batch: dict[str, torch.Tensor], generated: torch.Tensor) -> torc
     return make_grid(tiles.cpu(), nrow=4, padding=2, pad_value=1.0)
 
 
-def first_batch(loader: Any, count: int) -> dict[str, torch.Tensor]:
-    batch = next(iter(loader))
-    return {k: v[:count] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-
-
 class SampleLogger(Callback):
+    """Samples with the module's pipeline (``to_pipeline``, EMA weights when kept) and the recipe's
+    sampler unless ``num_steps``/``guidance_scale`` say otherwise. The batch is the validation
+    loader's first; without validation data, the first training batch."""
+
     def __init__(
         self,
         every_n_steps: int = 500,
@@ -49,29 +49,34 @@ class SampleLogger(Callback):
         self._batch: Optional[dict[str, torch.Tensor]] = None
         self.written: list[Path] = []
 
-    def _fixed_batch(self, trainer: Trainer) -> dict[str, torch.Tensor]:
-        if self._batch is None:
-            dm = trainer.datamodule
-            if dm is not None and is_overridden("val_dataloader", dm):
-                loader = dm.val_dataloader()
-            else:
-                loader = trainer.train_dataloader
-            self._batch = first_batch(loader, self.num_samples)
-        return self._batch
+    def _keep(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: v[: self.num_samples].detach().clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dm = trainer.datamodule
+        if not trainer.is_global_zero or self._batch is not None:
+            return
+        if dm is not None and is_overridden("val_dataloader", dm):
+            batch = next(iter(dm.val_dataloader()), None)
+            if batch is not None:
+                self._batch = self._keep(batch)
+                return
+        rank_zero_info("SampleLogger: no validation data; sampling the first training batch")
 
     def _directory(self, trainer: Trainer) -> Path:
         base = self.out_dir or trainer.log_dir or trainer.default_root_dir
         return Path(base) / "samples"
 
     def log_samples(self, trainer: Trainer, pl_module: LightningModule) -> Optional[Path]:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self._batch is None:
             return None
-        batch = {k: v.to(pl_module.device) for k, v in self._fixed_batch(trainer).items()}
+        batch = {k: v.to(pl_module.device) for k, v in self._batch.items()}
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         was_training = pl_module.training
         pl_module.eval()
         try:
-            images = pl_module.sample(batch, self.num_steps, self.guidance_scale, generator=gen)
+            with pl_module.ema_weights():
+                images = pl_module.generate(pl_module.to_pipeline(), batch, self.num_steps, self.guidance_scale, gen)
         finally:
             pl_module.train(was_training)
         grid = sample_grid(batch, images)
@@ -87,6 +92,8 @@ class SampleLogger(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if self._batch is None:
+            self._batch = self._keep(batch)
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
             self.log_samples(trainer, pl_module)

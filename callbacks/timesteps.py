@@ -67,7 +67,8 @@ class FrequencyAwareTimesteps(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._generator = torch.Generator().manual_seed(self.seed + 1000 * trainer.global_rank)
         if self.num_train_timesteps is None:
-            self.num_train_timesteps = int(getattr(pl_module.hparams, "num_train_timesteps", 1000))
+            scheduler = getattr(pl_module, "noise_scheduler", None)  # the module's training schedule
+            self.num_train_timesteps = int(scheduler.config.num_train_timesteps) if scheduler is not None else 1000
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         t = draw_timesteps(batch["kind"], self.num_train_timesteps, self.uniform_prob, self.ranges, self._generator)

@@ -118,13 +118,14 @@ def latest(pattern: str | Path) -> Path:
 
 
 class PipelineMethod(Method):
-    """Generate with an ``AnyDoorPipeline`` from a pretrained folder (``*`` picks the newest match).
+    """Generate with an ``AnyDoorPipeline`` from a model folder (``*`` picks the newest match) or a
+    pipeline object.
 
-    ``scheduler`` / ``steps`` / ``guidance`` default to what the folder recommends (its
-    ``model_index.json``: the training recipe's sampler), else DDIM 50 steps, guidance 5 (see
-    ``AnyDoorPipeline.sampling_settings``). Each job's noise is seeded with the job file's ``seed``
-    when it gives one, else from ``seed`` and the job's name, so outputs do not depend on the batch
-    and every model draws the same noise for the same job.
+    ``scheduler`` / ``steps`` / ``guidance`` resolve with ``AnyDoorPipeline.sampling_settings`` (the
+    folder's recommendation, else its fallback). The crop geometry is the evaluation's (every method
+    is scored on the same crops), passed to the pipeline explicitly. Each job's noise is seeded with
+    the job file's ``seed`` when it gives one, else from ``seed`` and the job's name, so outputs do
+    not depend on the batch and every model draws the same noise for the same job.
     """
 
     def __init__(
@@ -144,7 +145,7 @@ class PipelineMethod(Method):
             self.source = str(folder)
         else:
             self.source = type(model).__name__
-        self.pipeline = model.to(device=device)
+        self.pipeline = model.to(device)
         self.scheduler, self.steps, self.guidance = self.pipeline.sampling_settings(scheduler, steps, guidance)
         self.seed, self.device = seed, device
 
@@ -157,12 +158,14 @@ class PipelineMethod(Method):
 
     def __call__(self, jobs: list[PreparedJob]) -> Tensor:
         from models.pipeline import Job as PipelineJob
+        from src.conditioning import DEFAULT_PREPROCESSING
 
         calls = [PipelineJob(**job.raw) for job in jobs]
         generators = [torch.Generator(self.device).manual_seed(j.seed if j.seed is not None else self.seed + _job_seed(j.name))
                       for j in jobs]
         result = self.pipeline(
-            calls, num_inference_steps=self.steps, guidance_scale=self.guidance, scheduler=self.scheduler, generator=generators, progress=False
+            calls, num_inference_steps=self.steps, guidance_scale=self.guidance, scheduler=self.scheduler, generator=generators,
+            progress=False, **DEFAULT_PREPROCESSING._asdict(),  # evaluation.jobs prepares with these
         )
         for job, box in zip(jobs, result.boxes):
             if tuple(box) != tuple(job.transform.box):
@@ -180,7 +183,8 @@ class ModuleMethod(PipelineMethod):
     from); with one, its trainable weights (EMA when kept and ``use_ema``) are loaded and the frozen
     parts rebuilt from the config, as Lightning does. ``config`` and ``checkpoint`` may hold a ``*``
     (newest match); without ``config``, the ``config.yaml`` Lightning saved in the checkpoint's run
-    folder is used, so the model is rebuilt with the recipe it was trained with.
+    folder is used, so the model is rebuilt with the recipe it was trained with. Generates through
+    the module's own pipeline (``AnyDoorModule.to_pipeline``).
     """
 
     def __init__(
@@ -194,9 +198,7 @@ class ModuleMethod(PipelineMethod):
         scheduler: str | None = None,
         device: str = "cpu",
     ):
-        import tempfile
-
-        from evaluation.config import build_training_module
+        from models.anydoor_module import AnyDoorModule
 
         path = latest(checkpoint) if checkpoint is not None else None
         if path is not None and not path.is_file():
@@ -206,21 +208,15 @@ class ModuleMethod(PipelineMethod):
                 raise ValueError("ModuleMethod needs a training config, a checkpoint, or both")
             config = path.parent.parent / "config.yaml"  # <run>/checkpoints/x.ckpt -> <run>/config.yaml
         config = latest(config)
-        if not config.is_file():
-            raise FileNotFoundError(f"training config {config} does not exist")
-        module = build_training_module(config)  # only the project's own classes (a run folder is untrusted)
+        module = AnyDoorModule.from_config_file(config).eval()
         source = f"{config} (untrained)"
         if path is not None:
-            ckpt = read_checkpoint(path)
-            missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
-            trainable = set(module.trainable_parameters())
-            if unexpected or trainable - set(ckpt["state_dict"]):
-                raise ValueError(f"{path}: does not fit {config}: unexpected {unexpected[:5]}, missing trainable {sorted(trainable - set(ckpt['state_dict']))[:5]}")
-            module.on_load_checkpoint(ckpt)
-            source = f"{path} (step {ckpt.get('global_step', '?')}{', EMA' if use_ema and 'ema' in ckpt else ''})"
-        with tempfile.TemporaryDirectory(prefix="anydoor-eval-") as tmp:
-            module.save_pretrained(tmp, use_ema=use_ema and checkpoint is not None)
-            super().__init__(tmp, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, device=device)
+            step, has_ema = module.load_training_checkpoint(path)
+            ema = use_ema and has_ema
+            if ema:
+                module.ema.copy_to(module.trainable_parameters().values())  # this module only samples from now on
+            source = f"{path} (step {step}{', EMA' if ema else ''})"
+        super().__init__(module.to_pipeline(), steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, device=device)
         self.source = source
 
 

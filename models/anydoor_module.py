@@ -2,104 +2,125 @@
 
 Trained: ID projector (switch), ControlNet (except its silenced conv_in), U-Net decoder half.
 Frozen and rebuilt from their sources on load: DINOv2, VAE / space-to-depth, U-Net encoder half.
+Sampling is the pipeline's: ``to_pipeline()`` wraps the live parts, so validation, sample grids,
+evaluation and the export generate with the same code as ``anydoor generate``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.training_utils import EMAModel, compute_snr
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from models.builders import build_first_stage, build_unet, seeded_init
+from models.builders import build_unet, build_vae, seeded_init
 from models.components.denoiser import AnyDoorDenoiser
-from models.components.detail_extractor import HINT_CHANNELS, build_detail_extractor
-from models.components.ema import ParameterEMA
+from models.components.detail_extractor import COLLAGE_EMBEDDING_CHANNELS, build_detail_extractor
+from models.components.first_stage import encode_images, latent_factor
 from models.components.id_encoder import IDEncoder
+from src.conditioning import DEFAULT_PREPROCESSING, Preprocessing
 
-
-def psnr_in_boxes(pred: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Per-sample PSNR (dB) inside each box; images in [-1, 1]; boxes (x1, y1, x2, y2) exclusive."""
-    out = []
-    for p, t, (x1, y1, x2, y2) in zip(pred, target, boxes.tolist()):
-        diff = (p[:, y1:y2, x1:x2].float() - t[:, y1:y2, x1:x2].float()) / 2.0
-        mse = diff.pow(2).mean().clamp_min(1e-10)
-        out.append(-10.0 * torch.log10(mse))
-    return torch.stack(out)
+# SD's DDPM schedule; ``noise_schedule`` entries replace these.
+NOISE_SCHEDULE: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                      beta_schedule="scaled_linear", prediction_type="epsilon",
+                                      rescale_betas_zero_snr=False, timestep_spacing="trailing", clip_sample=False)
+TIMESTEP_CALLBACK = "callbacks.FrequencyAwareTimesteps"
 
 
 class AnyDoorModule(LightningModule):
+    """AnyDoor training: ControlNet + U-Net decoder (+ ID projector) learn to teleport a reference object.
+
+    Args:
+        sd_path: an SD-2.1-style diffusers folder (``unet/``, ``vae/``) to start from.
+        unet_config: an inline ``UNet2DConditionModel`` config instead (the tiny model).
+        vae: the first stage: ``{type: vae}`` (AutoencoderKL from ``sd_path/vae`` or ``path``) or
+            ``{type: space_to_depth, factor: 4}``.
+        id_encoder: ``IDEncoder`` arguments (``model_name``, ``vit_kwargs``, ``weights``, ``image_size``);
+            ``out_dim`` defaults to the U-Net's cross-attention width.
+        collage_embedding_channels: widths of the ControlNet's collage embedding; it downsamples by
+            ``2 ** (len - 1)``, which must equal the first stage's factor.
+        zero_init_collage_embedding: zero the embedding's last conv (the reference); false for a
+            model trained from scratch (docs/training.md).
+        init_seed: seed of every random init; frozen random parts are rebuilt from it, never stored.
+        noise_schedule: diffusers scheduler config entries over SD's (``prediction_type``,
+            ``rescale_betas_zero_snr``, ``timestep_spacing`` of the recommended DDIM sampler, ...).
+        uniform_timesteps: draw training timesteps uniformly when the batch has none; by default a
+            batch without ``timesteps`` (no ``FrequencyAwareTimesteps`` callback) is an error.
+        train_projector: train the ID projector too.
+        cfg_drop_prob: share of references replaced by the black one (classifier-free guidance).
+        optimizer / lr_scheduler: callables (LightningCLI ``class_path``/``init_args``); the scheduler
+            steps every optimizer step.
+        min_snr_gamma: min-SNR loss weighting (None: off).
+        ema_decay: keep an EMA of the trained weights (sampled and exported when kept).
+        gradient_checkpointing: on the U-Net and ControlNet.
+        sample_steps / guidance_scale: the recommended sampler (DDIM) written into exports.
+        val_timesteps: timesteps of the validation loss; val_sample_steps: also sample and log
+            ``val/psnr_box`` with that many steps (0: off).
+        seed: seed of the training noise (per rank).
+    """
+
     def __init__(
         self,
         sd_path: Optional[str] = None,
         unet_config: Optional[dict[str, Any]] = None,
-        first_stage: Optional[dict[str, Any]] = None,
+        vae: Optional[dict[str, Any]] = None,
         id_encoder: Optional[dict[str, Any]] = None,
-        hint_channels: list[int] = list(HINT_CHANNELS),
-        zero_hint_conv: bool = True,
+        collage_embedding_channels: list[int] = list(COLLAGE_EMBEDDING_CHANNELS),
+        zero_init_collage_embedding: bool = True,
         init_seed: int = 0,
-        prediction_type: str = "epsilon",
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        rescale_betas_zero_snr: bool = False,
+        noise_schedule: Optional[dict[str, Any]] = None,
+        uniform_timesteps: bool = False,
         train_projector: bool = True,
         cfg_drop_prob: float = 0.0,
-        lr: float = 1e-5,
-        weight_decay: float = 1e-2,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        use_8bit_adam: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
         min_snr_gamma: Optional[float] = None,
         ema_decay: Optional[float] = None,
         gradient_checkpointing: bool = False,
         sample_steps: int = 25,
-        timestep_spacing: str = "trailing",
         guidance_scale: float = 1.0,
         val_timesteps: list[int] = [100, 300, 500, 700, 900],
         val_sample_steps: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         if not 0.0 <= cfg_drop_prob <= 1.0:
             raise ValueError(f"cfg_drop_prob must be in [0, 1], got {cfg_drop_prob}")
+        self.noise_scheduler = DDPMScheduler(**{**NOISE_SCHEDULE, **(noise_schedule or {})})
+        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', "
+                             f"got {self.noise_scheduler.config.prediction_type!r}")
         with seeded_init(init_seed):
             unet = build_unet(sd_path, unet_config)
-            self.first_stage = build_first_stage(sd_path, first_stage)
-            id_kwargs = dict(id_encoder or {})
-            id_kwargs.setdefault("out_dim", unet.config.cross_attention_dim)
-            id_kwargs["train_projector"] = train_projector
+            self.vae = build_vae(sd_path, vae)
+            id_kwargs = {"out_dim": unet.config.cross_attention_dim, **(id_encoder or {}), "train_projector": train_projector}
             self.id_encoder = IDEncoder(**id_kwargs)
-            controlnet = build_detail_extractor(unet, hint_channels, zero_hint_conv=zero_hint_conv)
-        hint_factor = 2 ** (len(hint_channels) - 1)
-        if hint_factor != self.first_stage.factor:
-            raise ValueError(f"hint embedding downsamples by {hint_factor} but the first stage by "
-                             f"{self.first_stage.factor}; they must match")
-        self.first_stage.requires_grad_(False)
+            controlnet = build_detail_extractor(unet, collage_embedding_channels,
+                                                zero_init_embedding=zero_init_collage_embedding)
+        factor = 2 ** (len(collage_embedding_channels) - 1)
+        if factor != latent_factor(self.vae):
+            raise ValueError(f"the collage embedding downsamples by {factor} but the first stage by "
+                             f"{latent_factor(self.vae)}; they must match")
+        self.vae.requires_grad_(False)
         self.denoiser = AnyDoorDenoiser(unet, controlnet)
         self.denoiser.freeze_unet_encoder()
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-        self.noise_scheduler = DDPMScheduler(**self.scheduler_config())
         self.strict_loading = False  # checkpoints hold only the trainable weights
-        self.ema: Optional[ParameterEMA] = None
-        if ema_decay:
-            self.ema = ParameterEMA(self.trainable_parameters(), ema_decay)
+        # update_after_step=-1: decay min(ema_decay, (1 + n) / (10 + n)) from the n-th update on
+        self.ema = (EMAModel(self.trainable_parameters().values(), decay=ema_decay, update_after_step=-1)
+                    if ema_decay else None)
         self._generator: Optional[torch.Generator] = None
 
     # ----------------------------------------------------------------- building blocks
-    def scheduler_config(self) -> dict[str, Any]:
-        h = self.hparams
-        return dict(num_train_timesteps=h.num_train_timesteps, beta_start=h.beta_start, beta_end=h.beta_end,
-                    beta_schedule=h.beta_schedule, prediction_type=h.prediction_type, clip_sample=False,
-                    rescale_betas_zero_snr=h.rescale_betas_zero_snr, timestep_spacing=h.timestep_spacing)
-
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
@@ -118,17 +139,23 @@ class AnyDoorModule(LightningModule):
         return tokens
 
     # ----------------------------------------------------------------- training
+    def _training_timesteps(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        if "timesteps" in batch:
+            return batch["timesteps"]
+        if not self.hparams.uniform_timesteps:
+            raise RuntimeError(f"the batch has no 'timesteps': add {TIMESTEP_CALLBACK} to trainer.callbacks "
+                               "(frequency-aware timesteps, as in configs/tiny.yaml), or set "
+                               "model.init_args.uniform_timesteps: true to draw them uniformly")
+        size = (batch["target"].shape[0],)
+        return torch.randint(0, self.noise_scheduler.config.num_train_timesteps, size, device=self.device, generator=gen)
+
     def diffusion_loss(self, batch: dict[str, torch.Tensor], timesteps: Optional[torch.Tensor] = None,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
         gen = generator if generator is not None else self.generator
-        target_img = batch["target"]
-        bsz = target_img.shape[0]
-        latents = self.first_stage.encode(target_img, generator=gen)
+        bsz = batch["target"].shape[0]
+        latents = encode_images(self.vae, batch["target"], generator=gen)
         if timesteps is None:
-            timesteps = batch.get("timesteps")
-        if timesteps is None:
-            timesteps = torch.randint(0, self.hparams.num_train_timesteps, (bsz,), device=self.device,
-                                      generator=gen)
+            timesteps = self._training_timesteps(batch, gen)
         timesteps = timesteps.to(self.device).long()
         drop = None
         if self.training and self.hparams.cfg_drop_prob > 0:
@@ -136,18 +163,14 @@ class AnyDoorModule(LightningModule):
         tokens = self.id_tokens(batch["reference"], drop)
         noise = torch.randn(latents.shape, device=self.device, generator=gen, dtype=latents.dtype)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.hparams.prediction_type == "epsilon":
-            goal = noise
-        else:
-            goal = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        epsilon = self.noise_scheduler.config.prediction_type == "epsilon"
+        goal = noise if epsilon else self.noise_scheduler.get_velocity(latents, noise, timesteps)
         pred = self.denoiser(noisy, timesteps, tokens, batch["collage"])
         per_sample = F.mse_loss(pred.float(), goal.float(), reduction="none").mean(dim=(1, 2, 3))
         gamma = self.hparams.min_snr_gamma
         if gamma:
-            alphas = self.noise_scheduler.alphas_cumprod.to(self.device)[timesteps]
-            snr = alphas / (1 - alphas).clamp_min(1e-8)
-            weight = snr.clamp(max=gamma) / (snr if self.hparams.prediction_type == "epsilon" else snr + 1)
-            per_sample = per_sample * weight
+            snr = compute_snr(self.noise_scheduler, timesteps)
+            per_sample = per_sample * snr.clamp(max=gamma) / (snr if epsilon else snr + 1)
         return per_sample.mean()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -155,86 +178,125 @@ class AnyDoorModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The EMA follows every optimizer step at once: callbacks' ``on_train_batch_end`` (a
+        ModelCheckpoint's save) already see it, and accumulation steps do not count."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
-            self.ema.update()
+            self.ema.step(self.trainable_parameters().values())
 
     def on_fit_start(self) -> None:
         if self.ema is not None:
             self.ema.to(self.device)
 
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """The EMA weights in the live parameters for a while (no-op without EMA)."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self.trainable_parameters().values())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
+
+    # ----------------------------------------------------------------- sampling
+    def to_pipeline(self, preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> Any:
+        """An ``AnyDoorPipeline`` over this module's live parts (shared, not copied; modes untouched)
+        recommending this recipe's sampler and ``preprocessing`` (the centre of the training ranges).
+        For EMA weights, use it inside ``ema_weights()``."""
+        from models.pipeline import AnyDoorPipeline
+
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, set_alpha_to_one=False)
+        sampling = {"scheduler": "ddim", "steps": self.hparams.sample_steps, "guidance": self.hparams.guidance_scale}
+        return AnyDoorPipeline(self.id_encoder, self.denoiser.controlnet, self.denoiser.unet, self.vae, scheduler,
+                               sampling=sampling, preprocessing=preprocessing._asdict())
+
+    @torch.no_grad()
+    def generate(self, pipe: Any, batch: dict[str, torch.Tensor], steps: Optional[int] = None,
+                 guidance: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Crops ``B x 3 x S x S`` in [-1, 1] for a batch of training samples (``reference``,
+        ``collage``), by ``pipe`` (``to_pipeline()``) with its resolved sampler."""
+        settings = pipe.sampling_settings(None, steps, guidance)
+        tokens = pipe.encode_references(batch["reference"], settings.guidance != 1.0)
+        latents = pipe.denoise(tokens, batch["collage"], num_inference_steps=settings.steps,
+                               guidance_scale=settings.guidance, scheduler=settings.scheduler,
+                               generator=generator, progress=False)
+        return pipe.decode(latents)
+
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        from src.metrics import psnr_in_box
+
         bsz = batch["target"].shape[0]
         gen = torch.Generator(device=self.device).manual_seed(12345 + batch_idx)
-        with self.maybe_ema():
+        with self.ema_weights():
             losses = [self.diffusion_loss(batch, torch.full((bsz,), t, device=self.device), gen)
                       for t in self.hparams.val_timesteps]
             self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=bsz, sync_dist=True)
             if self.hparams.val_sample_steps:
-                images = self.sample(batch, self.hparams.val_sample_steps, generator=gen, use_ema=False)
-                psnr = psnr_in_boxes(images, batch["target"], batch["box"]).mean()
+                images = self.generate(self.to_pipeline(), batch, self.hparams.val_sample_steps, generator=gen)
+                psnr = psnr_in_box(images, batch["target"].float(), batch["box"], data_range=2.0).mean()
                 self.log("val/psnr_box", psnr, prog_bar=True, batch_size=bsz, sync_dist=True)
 
-    def maybe_ema(self):
-        from contextlib import nullcontext
-
-        return self.ema.swapped_in() if self.ema is not None else nullcontext()
-
-    # ----------------------------------------------------------------- sampling
-    def make_sampler(self, num_steps: int) -> DDIMScheduler:
-        sched = DDIMScheduler(**self.scheduler_config(), set_alpha_to_one=False)
-        sched.set_timesteps(num_steps, device=self.device)
-        return sched
-
-    @torch.no_grad()
-    def sample(self, batch: dict[str, torch.Tensor], num_steps: Optional[int] = None,
-               guidance_scale: Optional[float] = None, generator: Optional[torch.Generator] = None,
-               use_ema: bool = True) -> torch.Tensor:
-        """DDIM sampling of the target crop, outside-box pixels taken from nothing but the model."""
-        from contextlib import nullcontext
-
-        num_steps = num_steps or self.hparams.sample_steps
-        scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
-        ctx = self.ema.swapped_in() if (use_ema and self.ema is not None) else nullcontext()
-        with ctx:
-            collage = batch["collage"].to(self.device)
-            bsz, _, h, w = collage.shape
-            f = self.first_stage.factor
-            tokens = self.id_tokens(batch["reference"].to(self.device))
-            uncond = self.id_encoder.unconditional_tokens(bsz, self.device) if scale != 1.0 else None
-            sched = self.make_sampler(num_steps)
-            shape = (bsz, self.first_stage.latent_channels, h // f, w // f)
-            x = torch.randn(shape, device=self.device, generator=generator) * sched.init_noise_sigma
-            for t in sched.timesteps:
-                ts = t.expand(bsz).to(self.device)
-                if uncond is not None:
-                    both = self.denoiser(torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([uncond, tokens]),
-                                         torch.cat([collage, collage]))
-                    out_u, out_c = both.chunk(2)
-                    out = out_u + scale * (out_c - out_u)
-                else:
-                    out = self.denoiser(x, ts, tokens, collage)
-                x = sched.step(out, t, x, generator=generator).prev_sample
-            return self.first_stage.decode(x).clamp(-1, 1)
-
     # ----------------------------------------------------------------- optimiser
-    def configure_optimizers(self):
-        params = list(self.trainable_parameters().values())
-        h = self.hparams
-        if h.use_8bit_adam:
-            try:
-                import bitsandbytes as bnb
-            except ImportError as err:
-                raise ImportError("use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from err
-            opt = bnb.optim.AdamW8bit(params, lr=h.lr, weight_decay=h.weight_decay, betas=tuple(h.betas))
-        else:
-            opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay, betas=tuple(h.betas))
-        if not h.warmup_steps:
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(list(self.trainable_parameters().values()))
+        if self.lr_scheduler_factory is None:
             return opt
-        warm = max(1, h.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(opt), "interval": "step"}}
+
+    # ----------------------------------------------------------------- outside training
+    @classmethod
+    def from_config_file(cls, path: str | Path) -> "AnyDoorModule":
+        """The model of a training config (``lightning fit``'s YAML, or the ``config.yaml`` a run saved),
+        to sample or export: training-only arguments (optimizer, LR schedule) are dropped, arguments of
+        earlier versions mapped (``models.legacy``), and only this project's module classes are built
+        (a run folder is untrusted input)."""
+        import importlib
+
+        import yaml
+
+        from models.legacy import migrate_module_args
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        spec = (yaml.safe_load(path.read_text()) or {}).get("model")
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            raise ValueError(f"{path}: no 'model' section with class_path/init_args")
+        module_name, _, name = str(spec["class_path"]).rpartition(".")
+        model_cls = getattr(importlib.import_module(module_name), name, None) if module_name.startswith("models.") else None
+        if not (isinstance(model_cls, type) and issubclass(model_cls, cls)):
+            raise ValueError(f"{path}: model class {spec['class_path']!r} is not an {cls.__name__} of this project")
+        return model_cls(**migrate_module_args(dict(spec.get("init_args") or {})))
+
+    def load_training_checkpoint(self, path: str | Path) -> tuple[int, bool]:
+        """A Lightning checkpoint of this recipe (trainable weights, EMA) read with ``weights_only=True``;
+        returns (its step, whether it held an EMA). Without one, the EMA starts from its weights.
+        Errors name the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - unpickling fails in many types; name the file
+            raise ValueError(f"{path}: not a checkpoint readable with torch.load(weights_only=True) ({err})") from err
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+        trainable = set(self.trainable_parameters())
+        unexpected = sorted(set(ckpt["state_dict"]) - trainable)
+        missing = sorted(trainable - set(ckpt["state_dict"]))
+        if unexpected or missing:
+            raise ValueError(f"{path}: does not fit this model: unexpected {unexpected[:5]}, missing trainable {missing[:5]}")
+        self.load_state_dict(ckpt["state_dict"], strict=False)
+        self.on_load_checkpoint(ckpt)
+        if self.ema is not None and "ema" not in ckpt:
+            self.ema.shadow_params = [p.detach().clone() for p in self.trainable_parameters().values()]
+        return int(ckpt.get("global_step", -1)), "ema" in ckpt
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -251,35 +313,14 @@ class AnyDoorModule(LightningModule):
         if missing:
             raise KeyError(f"checkpoint lacks trainable weights, e.g. {sorted(missing)[:5]}")
         if self.ema is not None and "ema" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema"])
+            self.ema.load_state_dict(_ema_state(checkpoint["ema"], list(self.trainable_parameters())))
         if "generator_state" in checkpoint:
             self._generator = torch.Generator(device="cpu")
             self._generator.set_state(checkpoint["generator_state"])
 
-    def trainable_state_dict(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
-        """Trainable weights (EMA if kept) as contiguous CPU tensors, for safetensors export."""
-        if use_ema and self.ema is not None:
-            return {k: v.detach().contiguous().cpu() for k, v in self.ema.shadow.items()}
-        return {k: p.detach().contiguous().cpu() for k, p in self.trainable_parameters().items()}
 
-    def save_pretrained(self, directory: str, use_ema: bool = True) -> None:
-        """Write the pretrained layout of docs/design.md (every part, frozen ones included)."""
-        from contextlib import nullcontext
-        from pathlib import Path
-
-        from models.components.first_stage import saved_class_name
-        from models.pipeline import write_model_index
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-
-        ctx = self.ema.swapped_in() if (use_ema and self.ema is not None) else nullcontext()
-        with ctx:
-            self.denoiser.unet.save_pretrained(str(out / "unet"))
-            self.denoiser.controlnet.save_pretrained(str(out / "controlnet"))
-            self.first_stage.save_pretrained(out / "vae")
-            self.id_encoder.save_pretrained(out / "id_encoder")
-        DDIMScheduler(**self.scheduler_config(), set_alpha_to_one=False).save_pretrained(str(out / "scheduler"))
-        write_model_index(out, saved_class_name(self.first_stage), "DDIMScheduler", sampling={  # what this recipe samples with
-            "sample_scheduler": "ddim", "sample_steps": self.hparams.sample_steps,
-            "guidance_scale": self.hparams.guidance_scale})
+def _ema_state(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """diffusers ``EMAModel`` state; checkpoints written before it held ``{num_updates, shadow: {name: t}}``."""
+    if "shadow" not in state:
+        return state
+    return {"optimization_step": int(state["num_updates"]), "shadow_params": [state["shadow"][n] for n in names]}

@@ -10,22 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from models.components.first_stage import SpaceToDepthFirstStage, VAEFirstStage
-
-# Tiny U-Net with SD-2.1's block layout (cross-attention down/up blocks, linear projections).
-TINY_UNET_CONFIG: dict[str, Any] = dict(
-    sample_size=16,
-    in_channels=48,
-    out_channels=48,
-    block_out_channels=(64, 128, 128),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1,
-    cross_attention_dim=64,
-    attention_head_dim=4,
-    use_linear_projection=True,
-    norm_num_groups=32,
-)
+from models.components.first_stage import SpaceToDepthFirstStage
 
 
 @contextmanager
@@ -45,14 +30,17 @@ def build_unet(sd_path: str | None, unet_config: dict[str, Any] | None) -> UNet2
         folder = Path(sd_path) / "unet"
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no diffusers U-Net at {folder} (expected config.json + weights)")
-        return UNet2DConditionModel.from_pretrained(str(folder))
+        return UNet2DConditionModel.from_pretrained(str(folder), use_safetensors=True)
     if not unet_config:
         raise ValueError("give either sd_path (a diffusers SD folder) or unet_config (inline)")
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in unet_config.items()}
     return UNet2DConditionModel(**cfg)
 
 
-def build_first_stage(sd_path: str | None, spec: dict[str, Any] | None) -> nn.Module:
+def build_vae(sd_path: str | None, spec: dict[str, Any] | None) -> nn.Module:
+    """The first stage of a spec: ``{type: vae[, path]}`` (an AutoencoderKL folder, default
+    ``sd_path/vae``), ``{type: vae, config: {...}}`` (a random-init AutoencoderKL, benchmarks) or
+    ``{type: space_to_depth, factor[, scaling_factor]}``."""
     spec = dict(spec or {"type": "vae"})
     kind = spec.pop("type", "vae")
     if kind == "space_to_depth":
@@ -60,8 +48,12 @@ def build_first_stage(sd_path: str | None, spec: dict[str, Any] | None) -> nn.Mo
     if kind == "vae":
         from diffusers import AutoencoderKL
 
+        if "config" in spec:
+            return AutoencoderKL(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.pop("config").items()})
         path = spec.pop("path", None) or (Path(sd_path) / "vae" if sd_path else None)
+        if spec:
+            raise ValueError(f"vae spec: unknown keys {sorted(spec)} (the scale is vae/config.json's scaling_factor)")
         if path is None or not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no diffusers AutoencoderKL at {path}")
-        return VAEFirstStage(AutoencoderKL.from_pretrained(str(path)), **spec)
+        return AutoencoderKL.from_pretrained(str(path), use_safetensors=True)
     raise ValueError(f"unknown first stage type {kind!r} (use 'vae' or 'space_to_depth')")

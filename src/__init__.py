@@ -1,1 +1,1 @@
-"""Shared core: pure image/geometry ops (numpy, torch, kornia only) and the command-line entry points."""
+"""Shared core: pure image/geometry ops (numpy, OpenCV, torch) and the command-line entry points."""

@@ -9,6 +9,8 @@ import numpy as np
 
 from src.geometry import box_size, clip_box
 
+COLLAGE_CHANNELS = 4  # RGB in [-1, 1] + the location channel
+
 
 def to_signed_chw(image: np.ndarray) -> np.ndarray:
     """uint8 ``H x W x 3`` -> float32 ``3 x H x W`` in [-1, 1] (the diffusion model's pixel range)."""
@@ -18,24 +20,20 @@ def to_signed_chw(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def signed_chw_to_uint8(image: np.ndarray) -> np.ndarray:
-    """Inverse of ``to_signed_chw``: ``3 x H x W`` in [-1, 1] (clipped) -> uint8 ``H x W x 3``."""
-    return np.clip(np.rint((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
-
-
 def build_collage(
     target_crop: np.ndarray,
     box: Sequence[int],
     hint: np.ndarray,
     mask: np.ndarray | None = None,
     valid: Sequence[int] | None = None,
+    pad_value: float = -1.0,
 ) -> np.ndarray:
     """Float32 ``4 x S x S``: the crop with ``hint`` resized into ``box``, plus the location channel.
 
     ``target_crop`` is the uint8 ``S x S x 3`` (padded, resized) target crop and ``box`` the hint's
     place in it (exclusive ends). Channels 0-2: RGB in [-1, 1]. Channel 3: 1 inside ``box`` (or
-    inside ``mask`` when one is given, which may reach beyond the box), 0 elsewhere, and -1 outside
-    ``valid``, the non-padding part of the crop (everything when ``None``). The hint is stretched to
+    inside ``mask`` when one is given, which may reach beyond the box), 0 elsewhere, and ``pad_value``
+    outside ``valid``, the non-padding part of the crop (everything when ``None``). The hint is stretched to
     the box like the reference does; its aspect is the 224 x 224 reference's, the box's may differ.
     """
     if target_crop.ndim != 3 or target_crop.shape[2] != 3 or target_crop.dtype != np.uint8:
@@ -63,8 +61,8 @@ def build_collage(
         channel[mask > 0] = 1.0
     if valid is not None:
         vx1, vy1, vx2, vy2 = clip_box(valid, hw)
-        channel[:vy1] = -1.0
-        channel[vy2:] = -1.0
-        channel[:, :vx1] = -1.0
-        channel[:, vx2:] = -1.0
+        channel[:vy1] = pad_value
+        channel[vy2:] = pad_value
+        channel[:, :vx1] = pad_value
+        channel[:, vx2:] = pad_value
     return out

@@ -9,13 +9,15 @@ target: object box -> expanded by a ratio (the box the hint fills) -> expanded a
 ratio and made square (the crop) -> crop padded (black) to a square and resized to S -> hint
 resized into the box -> location channel: the box, or (training, 70 %) a perturbed object mask.
 
-With ``rng`` the ratios and the mask-channel choice are drawn (training); with ``rng=None`` the
-fixed values below are used (inference, evaluation), so the same inputs give the same sample.
+With ``rng`` the ratios and the mask-channel choice are drawn (training, from the ``*_RANGE``s);
+with ``rng=None`` fixed values are used (inference, evaluation), so the same inputs give the same
+sample. A model folder says which fixed values fit its model (``Preprocessing``, docs/ops.md):
+the centre of the training ranges for a model trained here, the authors' own for their checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -26,11 +28,46 @@ from src.highfreq import high_frequency_map
 from src.image_ops import CropTransform, grow_canvas, pad_to_square
 from src.masks import perturb_mask
 
-# Fixed choices when rng is None (the reference's inference uses 1.2 for the reference canvas and
-# draws the others; we take the middle of the training ranges so train and test distributions meet).
-DEFAULT_REFERENCE_GROW = 1.2
-DEFAULT_BOX_GROW = 1.15
-DEFAULT_CROP_GROW = 2.0
+# Training ranges (uniform draws): the reference's canvas margin, the target box growth (the box the
+# hint fills) and the context crop around that box. The authors draw from 0.1 grids with exclusive
+# upper bounds (margin 1.1-1.4, box 1.1 only, crop 1.3-2.9); docs/ops.md says why ours differ.
+REFERENCE_GROW_RANGE = (1.1, 1.5)
+BOX_GROW_RANGE = (1.1, 1.2)
+CROP_GROW_RANGE = (1.3, 3.0)
+MASK_PAD_VALUE = -1.0  # location channel on the crop's padding (the authors' training value)
+
+
+class Preprocessing(NamedTuple):
+    """The fixed geometry of inference (``rng=None``); a model folder records the one its model fits."""
+
+    reference_margin: float  # reference canvas grown by this around the object
+    box_ratio: float  # target box grown by this: the box the hint fills
+    crop_ratio: float  # context crop around the grown box
+    mask_pad_value: float = MASK_PAD_VALUE  # location channel on padding
+
+    @classmethod
+    def centre_of(cls, reference_range: Sequence[float] = REFERENCE_GROW_RANGE,
+                  box_range: Sequence[float] = BOX_GROW_RANGE,
+                  crop_range: Sequence[float] = CROP_GROW_RANGE) -> "Preprocessing":
+        """The middle of each training range: where a model trained on them has seen the most."""
+        mid = lambda r: round((float(r[0]) + float(r[1])) / 2, 6)  # noqa: E731
+        return cls(mid(reference_range), mid(box_range), mid(crop_range))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], what: str = "preprocessing") -> "Preprocessing":
+        unknown = set(config) - set(cls._fields)
+        missing = [k for k in cls._fields[:3] if k not in config]
+        if unknown or missing:
+            raise ValueError(f"{what}: unknown keys {sorted(unknown)}, missing {missing} (keys: {cls._fields})")
+        return cls(**{k: float(v) for k, v in config.items()})
+
+
+DEFAULT_PREPROCESSING = Preprocessing.centre_of()
+# The authors' run_inference.py: reference margin randint(12, 13) / 10 = 1.2, box randint(11, 12) / 10
+# = 1.1, crop drawn from 1.5-2.9 (centre 2.2), and padding -1 cast to uint8 (255), which its > 0.5
+# test turns into 1: their released model is run with padding marked 1, though trained with -1.
+AUTHORS_PREPROCESSING = Preprocessing(reference_margin=1.2, box_ratio=1.1, crop_ratio=2.2, mask_pad_value=1.0)
+DEFAULT_REFERENCE_GROW, DEFAULT_BOX_GROW, DEFAULT_CROP_GROW = DEFAULT_PREPROCESSING[:3]
 
 Augment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -68,12 +105,15 @@ def prepare_reference(
     mask: np.ndarray,
     *,
     rng: np.random.Generator | None = None,
-    grow_range: Sequence[float] = (1.1, 1.5),
+    grow_range: Sequence[float] = REFERENCE_GROW_RANGE,
+    margin: float = DEFAULT_REFERENCE_GROW,
     size: int = 224,
     augment: Augment | None = None,
     compute_hint: bool = True,
 ) -> PreparedReference:
     """The reference object on white, framed with a margin, as the ID encoder's input plus its hint.
+
+    The canvas grows by a ratio drawn from ``grow_range`` with ``rng``, else by ``margin``.
 
     ``augment(image_uint8, mask_uint8) -> (image, mask)`` runs on the ``size`` px square before the
     hint, so the hint and the DINOv2 input see the same flip/colour change (as in the reference).
@@ -85,7 +125,7 @@ def prepare_reference(
     fg = mask[y1:y2, x1:x2] > 0
     on_white = np.where(fg[..., None], image[y1:y2, x1:x2], np.uint8(255))
     obj = fg.astype(np.uint8) * 255
-    ratio = float(rng.uniform(*grow_range)) if rng is not None else DEFAULT_REFERENCE_GROW
+    ratio = float(rng.uniform(*grow_range)) if rng is not None else margin
     on_white, obj = grow_canvas(on_white, obj, ratio)
     on_white, _ = pad_to_square(on_white, 255)
     obj, _ = pad_to_square(obj, 0)
@@ -108,8 +148,8 @@ def prepare_target(
     reference: PreparedReference | np.ndarray,
     *,
     rng: np.random.Generator | None = None,
-    box_grow: Sequence[float] = (1.1, 1.2),
-    crop_grow: Sequence[float] = (1.3, 3.0),
+    box_grow: Sequence[float] = BOX_GROW_RANGE,
+    crop_grow: Sequence[float] = CROP_GROW_RANGE,
     size: int = 512,
     mask_channel_prob: float = 0.7,
     perturb_iou: Sequence[float] = (0.3, 0.99),
@@ -117,6 +157,7 @@ def prepare_target(
     max_box_fraction: float | None = None,
     box_ratio: float = DEFAULT_BOX_GROW,
     crop_ratio: float = DEFAULT_CROP_GROW,
+    mask_pad_value: float = MASK_PAD_VALUE,
 ) -> PreparedTarget:
     """The target crop, its collage and the geometry to paste a generation back.
 
@@ -125,7 +166,8 @@ def prepare_target(
     ``PreparedReference`` or its hint directly. ``mask_channel``: "random" (default with ``rng``) is
     the perturbed object mask with probability ``mask_channel_prob``, else the box; "box" (default
     without ``rng``) is the expanded box; "mask" is the unperturbed object mask (a user's mask).
-    ``box_ratio`` / ``crop_ratio`` are the fixed growth factors used without ``rng`` (inference).
+    ``box_ratio`` / ``crop_ratio`` are the fixed growth factors used without ``rng`` (inference);
+    ``mask_pad_value`` marks the crop's padding in the location channel.
     ``max_box_fraction`` (the reference uses 0.8 in training) raises ``ValueError`` when the
     expanded box spans more than that fraction of the image width or height.
 
@@ -178,7 +220,8 @@ def prepare_target(
         channel_mask = object_mask
     elif mode == "random" and rng.random() < mask_channel_prob and object_mask.any():
         channel_mask = perturb_mask(object_mask, perturb_iou, rng)
-    collage = build_collage(target, crop_box, hint, mask=channel_mask, valid=transform.valid_box())
+    collage = build_collage(target, crop_box, hint, mask=channel_mask, valid=transform.valid_box(),
+                            pad_value=mask_pad_value)
 
     sample = {
         "target": to_signed_chw(target),

@@ -115,13 +115,6 @@ def square_box(box: Sequence[int], image_hw: Sequence[int]) -> Box:
     return nx1, ny1, nx2, ny2
 
 
-def box_in_box(inner: Sequence[int], outer: Sequence[int]) -> Box:
-    """``inner``'s coordinates relative to ``outer``'s top-left corner (no clipping)."""
-    ix1, iy1, ix2, iy2 = _as_box(inner)
-    ox1, oy1, _, _ = _as_box(outer)
-    return ix1 - ox1, iy1 - oy1, ix2 - ox1, iy2 - oy1
-
-
 def scale_box(box: Sequence[float], sx: float, sy: float | None = None) -> Box:
     """Map a box through a resize by ``(sx, sy)``: start floored, end ceiled, so the box never shrinks."""
     sy = sx if sy is None else sy

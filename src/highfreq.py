@@ -4,18 +4,15 @@ Definition (reference ``sobel``): composite the object onto white, resize to 256
 and y, average the absolute values, take the max over RGB, multiply by the object mask eroded twice
 by a 5x5 kernel, zero values under 50/255, multiply with the image, resize back.
 
-``high_frequency_map`` (numpy/OpenCV, one uint8 image) is what the data loader runs;
-``high_frequency_map_torch`` (kornia, a batch, any device) reproduces its uint8 rounding steps so the
-two agree to a few grey levels (tests/src/test_highfreq.py measures it).
+One implementation, OpenCV on uint8, for training data and inference alike: it costs ~4 ms per
+224 px reference, nothing next to a generation, and a GPU copy could not reproduce OpenCV's
+fixed-point uint8 resizes, so the model would see slightly different hints at inference.
 """
 
 from __future__ import annotations
 
 import cv2
-import kornia
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 WORK_SIZE = 256
 THRESHOLD = 50  # on the 0..255 gradient scale
@@ -48,47 +45,3 @@ def high_frequency_map(image: np.ndarray, mask: np.ndarray, *, threshold: int = 
     edges[edges < threshold] = 0
     hf = (edges[..., None].astype(np.float32) / 255.0 * img.astype(np.float32)).astype(np.uint8)
     return cv2.resize(hf, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    # Bilinear, half-pixel centres, no antialias: the same sampling as cv2.INTER_LINEAR.
-    return kornia.geometry.transform.resize(x, hw, interpolation="bilinear", align_corners=False, antialias=False)
-
-
-def _round_u8(x: torch.Tensor) -> torch.Tensor:
-    return x.round().clamp_(0, 255)
-
-
-def high_frequency_map_torch(
-    images: torch.Tensor, masks: torch.Tensor, *, threshold: int = THRESHOLD
-) -> torch.Tensor:
-    """Batched ``high_frequency_map``: ``B x 3 x H x W`` floats in [0, 1] and ``B x 1 x H x W`` masks -> ``B x 3 x H x W`` in [0, 1].
-
-    Every uint8 rounding of the OpenCV version is reproduced (round after resize, saturate after
-    Sobel, round the average, floor the product), so outputs match it up to interpolation rounding.
-    """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be B x 3 x H x W, got {tuple(images.shape)}")
-    if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"masks must be B x 1 x H x W matching images, got {tuple(masks.shape)}")
-    h, w = images.shape[-2:]
-    work = (WORK_SIZE, WORK_SIZE)
-    out_dtype = images.dtype
-    images = images.float()  # the uint8 emulation needs exact integers up to 4 * 255
-    fg = (masks > 0.5).float()
-    on_white = images * fg + (1.0 - fg)
-    img = _round_u8(_resize(on_white * 255.0, work))
-    small = _resize(fg, work) > 0.5
-    # Erosion with a square kernel and an ignored border (OpenCV's default) is a min-pool.
-    eroded = small.float()
-    for _ in range(ERODE_ITERATIONS):
-        eroded = -F.max_pool2d(-eroded, ERODE_KERNEL, stride=1, padding=ERODE_KERNEL // 2)
-    # kornia.filters.spatial_gradient pads by replicating; filter2d's 'reflect' is OpenCV's default
-    # BORDER_REFLECT_101, so the two agree at the image border too.
-    kx, ky = kornia.filters.get_spatial_gradient_kernel2d("sobel", 1, device=img.device, dtype=img.dtype)
-    gx = _round_u8(kornia.filters.filter2d(img, kx[None], border_type="reflect").abs())
-    gy = _round_u8(kornia.filters.filter2d(img, ky[None], border_type="reflect").abs())
-    edges = _round_u8(0.5 * gx + 0.5 * gy).amax(dim=1, keepdim=True) * eroded
-    edges = torch.where(edges < threshold, torch.zeros_like(edges), edges)
-    hf = torch.floor(edges / 255.0 * img)
-    return (_round_u8(_resize(hf, (h, w))) / 255.0).to(out_dtype)

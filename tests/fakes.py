@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+# The one tiny test model (32 px crops; configs/tiny.yaml is the shipped tiny definition, 64 px).
 TINY_MODEL_KWARGS = dict(
     unet_config=dict(
         sample_size=8, in_channels=48, out_channels=48, block_out_channels=(32, 32),
@@ -13,15 +14,22 @@ TINY_MODEL_KWARGS = dict(
         layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, use_linear_projection=True,
         norm_num_groups=8,
     ),
-    first_stage={"type": "space_to_depth", "factor": 4},
-    id_encoder={"model_name": "vit_custom",
+    vae={"type": "space_to_depth", "factor": 4},
+    id_encoder={"model_name": "vit_small_patch14_dinov2",
                 "vit_kwargs": dict(patch_size=14, embed_dim=32, depth=1, num_heads=2, init_values=1e-5, img_size=518),
                 "image_size": 56},
-    hint_channels=[16, 32, 96],
-    prediction_type="v_prediction",
-    lr=1e-3,
-    sample_steps=2,
+    collage_embedding_channels=[16, 32, 96],
+    noise_schedule={"prediction_type": "v_prediction"},
+    uniform_timesteps=True,  # tests train without the FrequencyAwareTimesteps callback unless they add it
+    sample_steps=2,  # the optimizer is the default AdamW(lr=1e-3)
 )
+
+
+def tiny_pipeline(**overrides):
+    """An ``AnyDoorPipeline`` of the tiny test model (random init, seeded)."""
+    from models.anydoor_module import AnyDoorModule
+
+    return AnyDoorModule(**{**TINY_MODEL_KWARGS, **overrides}).to_pipeline()
 
 
 def make_sample(index: int, size: int = 32, ref_size: int = 56) -> dict[str, torch.Tensor]:

@@ -6,7 +6,6 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
-ENCODER_PARTS = ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block")
 DECODER_PARTS = ("up_blocks", "conv_norm_out", "conv_out")
 
 

@@ -1,9 +1,10 @@
 """Detail extractor: a diffusers ControlNet that sees only the collage (never the noisy latent).
 
-In the reference the hint embedding *replaces* the output of the ControlNet's first conv. We keep
-the stock ``ControlNetModel`` (so diffusers can save/load it) and make its ``conv_in`` zero and
-frozen: ``conv_in(noisy) == 0``, hence ``conv_in(noisy) + hint(collage) == hint(collage)``.
-Hint embedding: 4->16->16->32->32->96->96->256->width, three stride-2 convs, SiLU, last conv zero.
+In the reference the collage embedding (their ``input_hint_block``) *replaces* the output of the
+ControlNet's first conv. We keep the stock ``ControlNetModel`` (so diffusers can save/load it) and
+make its ``conv_in`` zero and frozen: ``conv_in(noisy) == 0``, hence
+``conv_in(noisy) + embed(collage) == embed(collage)``.
+Collage embedding: 4->16->16->32->32->96->96->256->width, three stride-2 convs, SiLU, last conv zero.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Sequence
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-HINT_CHANNELS: tuple[int, ...] = (16, 32, 96, 256)
-CONDITIONING_CHANNELS = 4  # collage RGB in [-1, 1] + mask channel
+from src.collage import COLLAGE_CHANNELS
+
+COLLAGE_EMBEDDING_CHANNELS: tuple[int, ...] = (16, 32, 96, 256)  # fixed in the authors' ControlNet
 
 
 def silence_conv_in(controlnet: ControlNetModel) -> ControlNetModel:
@@ -29,33 +31,22 @@ def silence_conv_in(controlnet: ControlNetModel) -> ControlNetModel:
 
 def build_detail_extractor(
     unet: UNet2DConditionModel,
-    hint_channels: Sequence[int] = HINT_CHANNELS,
+    embedding_channels: Sequence[int] = COLLAGE_EMBEDDING_CHANNELS,
     copy_unet_weights: bool = True,
-    zero_hint_conv: bool = True,
+    zero_init_embedding: bool = True,
 ) -> ControlNetModel:
     """ControlNet with the U-Net's config (encoder weights copied, as in the reference).
 
-    ``zero_hint_conv=False`` gives the hint embedding's last conv a normal random init: the ControlNet's
-    own zero output convs already protect the U-Net, and a from-scratch tiny model otherwise waits
-    behind two zero gates in series before the collage reaches it (docs/training.md).
+    ``zero_init_embedding=False`` gives the collage embedding's last conv a normal random init: the
+    ControlNet's own zero output convs already protect the U-Net, and a from-scratch tiny model
+    otherwise waits behind two zero gates in series before the collage reaches it (docs/training.md).
     """
     controlnet = ControlNetModel.from_unet(
         unet,
-        conditioning_embedding_out_channels=tuple(hint_channels),
+        conditioning_embedding_out_channels=tuple(embedding_channels),
         load_weights_from_unet=copy_unet_weights,
-        conditioning_channels=CONDITIONING_CHANNELS,
+        conditioning_channels=COLLAGE_CHANNELS,
     )
-    if not zero_hint_conv:
+    if not zero_init_embedding:
         controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
     return silence_conv_in(controlnet)
-
-
-def load_detail_extractor(directory: str) -> ControlNetModel:
-    controlnet = ControlNetModel.from_pretrained(directory)
-    if controlnet.config.conditioning_channels != CONDITIONING_CHANNELS:
-        raise ValueError(f"{directory}: ControlNet has {controlnet.config.conditioning_channels} "
-                         f"conditioning channels, expected {CONDITIONING_CHANNELS}")
-    if controlnet.conv_in.weight.abs().max() > 0:
-        raise ValueError(f"{directory}: ControlNet conv_in is not zero (it would see the noisy latent)")
-    controlnet.conv_in.requires_grad_(False)
-    return controlnet

@@ -1,95 +1,88 @@
-"""First stages: images in [-1, 1] <-> latents. One interface for the VAE and the tiny exact stage."""
+"""The first stage (the pipeline's ``vae``): images in [-1, 1] <-> scaled latents.
+
+Two models fill that place: diffusers' ``AutoencoderKL`` (the full model) and the tiny, exactly
+invertible ``SpaceToDepthFirstStage``. Both are diffusers models, so a model folder's ``vae/`` holds
+either with diffusers' own save/load. The three functions below are the one place that turns
+images into latents and back; the latent scale is always the model's ``config.scaling_factor`` (the
+value in ``vae/config.json``, 0.18215 for SD's VAE), never a constant.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-SD_LATENT_SCALE = 0.18215
 
+class SpaceToDepthFirstStage(ModelMixin, ConfigMixin):
+    """Pixel (un)shuffle by ``factor``: a random-init VAE decodes garbage, this never does.
 
-class SpaceToDepthFirstStage(nn.Module):
-    """Exactly invertible pixel (un)shuffle: a random-init VAE decodes garbage, this never does.
-
-    ``scale`` multiplies latents so they have roughly unit variance like SD's scaled VAE latents.
+    Parameter-free: its folder holds only ``config.json`` (``factor``, ``scaling_factor``).
     """
 
-    def __init__(self, factor: int = 4, scale: float = 1.0) -> None:
+    @register_to_config
+    def __init__(self, factor: int = 4, scaling_factor: float = 1.0) -> None:
         super().__init__()
         if factor < 1:
             raise ValueError(f"factor must be >= 1, got {factor}")
-        self.factor = factor
-        self.scale = scale
-        self.latent_channels = 3 * factor * factor
+        # Not saved: gives this weightless model the device and dtype diffusers' pipeline asks for.
+        self.register_buffer("placement", torch.zeros(()), persistent=False)
 
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if images.shape[-1] % self.factor or images.shape[-2] % self.factor:
-            raise ValueError(f"image side {tuple(images.shape[-2:])} is not a multiple of {self.factor}")
-        return F.pixel_unshuffle(images, self.factor) * self.scale
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.config.factor**2
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents (``B x 3f² x H/f x W/f``)."""
+        f = self.config.factor
+        if images.shape[-1] % f or images.shape[-2] % f:
+            raise ValueError(f"image side {tuple(images.shape[-2:])} is not a multiple of {f}")
+        return F.pixel_unshuffle(images, f)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(latents / self.scale, self.factor)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        cfg = {"_class_name": type(self).__name__, "factor": self.factor, "scale": self.scale}
-        (directory / "config.json").write_text(json.dumps(cfg, indent=2))
+        return F.pixel_shuffle(latents, self.config.factor)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "SpaceToDepthFirstStage":
-        cfg = json.loads((Path(directory) / "config.json").read_text())
-        return cls(factor=int(cfg["factor"]), scale=float(cfg.get("scale", 1.0)))
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "SpaceToDepthFirstStage":
+        """From ``config.json`` alone (there are no weights; diffusers' loader passes weight options,
+        which have nothing to act on)."""
+        return cls.from_config(cls.load_config(str(pretrained_model_name_or_path)))
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        self.save_config(str(save_directory))
 
 
-class VAEFirstStage(nn.Module):
-    """diffusers ``AutoencoderKL`` (frozen) with SD's latent scale; ``encode`` samples the posterior."""
-
-    def __init__(self, vae: nn.Module, scale: float = SD_LATENT_SCALE) -> None:
-        super().__init__()
-        self.vae = vae
-        self.scale = scale
-        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_channels = vae.config.latent_channels
-        self.vae.requires_grad_(False)
-        self.vae.eval()
-
-    def train(self, mode: bool = True) -> "VAEFirstStage":
-        super().train(mode)
-        self.vae.eval()
-        return self
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return dist.sample(generator=generator) * self.scale
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.vae.dtype) / self.scale).sample
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        self.vae.save_pretrained(str(directory))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "VAEFirstStage":
-        from diffusers import AutoencoderKL
-
-        return cls(AutoencoderKL.from_pretrained(str(directory)))
+def latent_factor(vae: nn.Module) -> int:
+    """How many pixels one latent spans per side."""
+    if isinstance(vae, SpaceToDepthFirstStage):
+        return int(vae.config.factor)
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def saved_class_name(first_stage: nn.Module) -> str:
-    """The class ``model_index.json`` names for a first stage (a VAE is saved as diffusers' own)."""
-    return "AutoencoderKL" if isinstance(first_stage, VAEFirstStage) else type(first_stage).__name__
+def latent_channels(vae: nn.Module) -> int:
+    if isinstance(vae, SpaceToDepthFirstStage):
+        return vae.latent_channels
+    return int(vae.config.latent_channels)
 
 
-def load_first_stage(directory: str | Path) -> nn.Module:
-    """Read either first stage from a pretrained ``vae/`` folder (decided by its config)."""
-    cfg = json.loads((Path(directory) / "config.json").read_text())
-    if cfg.get("_class_name") == SpaceToDepthFirstStage.__name__:
-        return SpaceToDepthFirstStage.from_pretrained(directory)
-    return VAEFirstStage.from_pretrained(directory)
+@torch.no_grad()
+def encode_images(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Scaled latents of images in [-1, 1]; a VAE's posterior is sampled with ``generator``."""
+    if isinstance(vae, SpaceToDepthFirstStage):
+        latents = vae.encode(images)
+    else:
+        latents = vae.encode(images.to(vae.dtype)).latent_dist.sample(generator=generator)
+    return latents * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Images (about [-1, 1], not clamped) of scaled latents."""
+    if isinstance(vae, SpaceToDepthFirstStage):
+        return vae.decode(latents / vae.config.scaling_factor)
+    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample

@@ -1,33 +1,38 @@
 """ID encoder: a frozen DINOv2 ViT (timm) + a trainable Linear into the U-Net's cross-attention width.
 
-The released DINOv2 weights carry a 37x37 position grid (518 px). The original code resamples it at
-run time with ``scale_factor=(g + 0.1) / 37`` bicubic without antialias; timm resamples at load time
-with antialias and a target size, which changes features by up to ~0.03. We keep the 37x37 grid in
-the module and resample in ``forward`` exactly like the original so converted weights match.
+The ViT is timm's, built from timm's registry (``vit_giant_patch14_dinov2`` for the release; any
+registered ViT with ``vit_kwargs`` overrides, e.g. ``vit_small_patch14_dinov2`` with
+``embed_dim``/``depth``/``num_heads`` for the tiny model) and run with timm's own forward. One step is
+ours: the released DINOv2 weights carry a 37x37 position grid (518 px), and the original code
+resamples it at run time with ``scale_factor=(g + 0.1) / 37``, bicubic, no antialias; timm resamples
+by target size with antialias, which moves features by up to ~0.03. ``_dinov2_pos_embed`` replaces
+timm's position-embedding step with the original resampling so converted weights match exactly.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from models.components.weights import load_state_dict_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Tiny stand-in of the same architecture (random init), used by configs/tiny.yaml and tests.
-TINY_VIT_KWARGS: dict[str, Any] = dict(
-    patch_size=14, embed_dim=64, depth=2, num_heads=2, init_values=1e-5, img_size=518
-)
+# Configs written before the registry was used said "vit_custom" for a plain timm VisionTransformer;
+# a registered DINOv2 name with every architecture argument spelled out builds the same model (same
+# keys, same random init under a seed).
+LEGACY_CUSTOM_VIT = "vit_custom"
+_VISION_TRANSFORMER_DEFAULTS = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, init_values=None)
 
 
 def resample_pos_embed_like_dinov2(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -53,64 +58,66 @@ def resample_pos_embed_like_dinov2(pos_embed: torch.Tensor, grid: tuple[int, int
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
-def load_vit_state_dict(path: str | Path, vit: nn.Module) -> dict[str, torch.Tensor]:
-    """Read a DINOv2 release ``.pth`` or a timm ``.safetensors``/``.pth`` file into timm key names."""
-    state = load_state_dict_file(path)
-    state = {k.removeprefix("vit."): v for k, v in state.items()}
-    # Original release keys (mask_token, blocks.N.mlp.w12/w3, block chunks) -> timm names.
-    state = {_unchunk(k): v for k, v in state.items()}
-    if "mask_token" in state:
-        state.pop("mask_token")
-        state = {k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2."): v for k, v in state.items()}
-    return state
+def _dinov2_pos_embed(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``_pos_embed`` for a ``B x H x W x C`` patch grid, with the release's resampling."""
+    b, h, w, c = x.shape
+    x = torch.cat([vit.cls_token.expand(b, -1, -1), x.reshape(b, h * w, c)], dim=1)
+    return vit.pos_drop(x + resample_pos_embed_like_dinov2(vit.pos_embed, (h, w)))
+
+
+def resolve_vit_name(model_name: str, vit_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(timm registry name, arguments); maps the legacy ``vit_custom`` onto the registry."""
+    if model_name == LEGACY_CUSTOM_VIT:
+        return "vit_small_patch14_dinov2", {**_VISION_TRANSFORMER_DEFAULTS, **vit_kwargs}
+    return model_name, dict(vit_kwargs)
 
 
 def _unchunk(key: str) -> str:
-    """``blocks.C.N.x`` (DINOv2 block chunks) -> ``blocks.N.x``."""
-    parts = key.split(".")
-    if len(parts) > 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2].isdigit():
-        return ".".join([parts[0]] + parts[2:])
-    return key
+    """``blocks.C.N.x`` (DINOv2 FSDP block chunks; timm does not undo them) -> ``blocks.N.x``."""
+    return re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)
 
 
-class IDEncoder(nn.Module):
-    """Reference image -> ID tokens ``[B, 1 + g*g, width]`` for the U-Net's cross-attention."""
+class IDEncoder(ModelMixin, ConfigMixin):
+    """Reference image ``B x 3 x S x S`` in [0, 1] -> ID tokens ``B x (1 + g*g) x out_dim``.
 
+    ``weights``: a DINOv2 release ``.pth`` or a timm-named ``.safetensors``/``.pth`` for the ViT
+    (training from the release); not part of the saved config: a saved folder holds the weights.
+    """
+
+    ignore_for_config = ["weights", "train_projector"]
+
+    @register_to_config
     def __init__(
         self,
         model_name: str = "vit_giant_patch14_dinov2",
         vit_kwargs: dict[str, Any] | None = None,
         out_dim: int = 1024,
+        image_size: int = 224,
         weights: str | None = None,
         train_projector: bool = True,
-        image_size: int = 224,
     ) -> None:
         super().__init__()
-        self.config = dict(model_name=model_name, vit_kwargs=dict(vit_kwargs or {}), out_dim=out_dim,
-                           image_size=image_size)
-        kwargs = dict(img_size=518)
-        kwargs.update(vit_kwargs or {})
-        if model_name == "vit_custom":
-            from timm.models.vision_transformer import VisionTransformer
-
-            self.vit = VisionTransformer(num_classes=0, **kwargs)
-        else:
-            self.vit = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        name, kwargs = resolve_vit_name(model_name, dict(vit_kwargs or {}))
+        if name != model_name:
+            self.register_to_config(model_name=name, vit_kwargs=dict(kwargs))
+        kwargs.setdefault("img_size", 518)
+        # NHWC patch grid: the position step below needs the grid's height and width.
+        self.vit = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
         if getattr(self.vit, "num_reg_tokens", 0) or getattr(self.vit, "no_embed_class", False):
             raise ValueError("IDEncoder supports DINOv2 without registers (class token shares the position grid)")
-        self.vit.patch_embed.strict_img_size = False
-        self.image_size = image_size
+        self.vit._pos_embed = MethodType(_dinov2_pos_embed, self.vit)
         if weights:
             self.load_vit_weights(weights)
         self.projector = nn.Linear(self.vit.embed_dim, out_dim)
-        self._register_normalisation()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.vit.requires_grad_(False)
         self.vit.eval()
         self.projector.requires_grad_(train_projector)
 
-    def _register_normalisation(self) -> None:
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+    @property
+    def image_size(self) -> int:
+        return int(self.config.image_size)
 
     def train(self, mode: bool = True) -> "IDEncoder":
         super().train(mode)
@@ -118,31 +125,23 @@ class IDEncoder(nn.Module):
         return self
 
     def load_vit_weights(self, path: str | Path) -> None:
-        state = load_vit_state_dict(path, self.vit)
-        missing, unexpected = self.vit.load_state_dict(state, strict=False)
+        """A DINOv2 release file (original names: timm's ``checkpoint_filter_fn`` renames them) or a
+        timm-named file, optionally prefixed ``vit.``; strict."""
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = {_unchunk(k.removeprefix("vit.")): v for k, v in load_state_dict_file(path).items()}
+        missing, unexpected = self.vit.load_state_dict(checkpoint_filter_fn(state, self.vit), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: weights do not fit {self.config['model_name']}: "
+            raise ValueError(f"{path}: weights do not fit {self.config.model_name}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     def features(self, reference: torch.Tensor) -> torch.Tensor:
         """DINOv2 tokens after the final norm: [class, patches]; no grad (frozen)."""
         if reference.ndim != 4 or reference.shape[1] != 3:
             raise ValueError(f"reference must be Bx3xHxW in [0,1], got {tuple(reference.shape)}")
-        vit = self.vit
         with torch.no_grad():
             x = (reference.to(self.mean.dtype) - self.mean) / self.std
-            x = x.to(vit.cls_token.dtype)
-            p = vit.patch_embed.patch_size
-            grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
-            x = vit.patch_embed(x)
-            if x.ndim == 4:  # NHWC output when the patch embed keeps the grid
-                x = x.flatten(1, 2)
-            x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-            x = x + resample_pos_embed_like_dinov2(vit.pos_embed, grid)
-            x = vit.norm_pre(x)
-            x = vit.blocks(x)
-            x = vit.norm(x)
-        return x
+            return self.vit.forward_features(x.to(self.vit.cls_token.dtype))
 
     def forward(self, reference: torch.Tensor) -> torch.Tensor:
         feats = self.features(reference)
@@ -153,30 +152,3 @@ class IDEncoder(nn.Module):
         device = device or self.projector.weight.device
         black = torch.zeros(1, 3, self.image_size, self.image_size, device=device)
         return self(black).expand(batch_size, -1, -1)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "IDEncoder":
-        directory = Path(directory)
-        cfg_path, weights_path = directory / "config.json", directory / "model.safetensors"
-        for p in (cfg_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"ID encoder folder is missing {p}")
-        # Built on the meta device and filled by assignment: a random ViT-g init costs ~20 s and a
-        # second 4.3 GB copy of the weights.
-        with torch.device("meta"):
-            model = cls(**json.loads(cfg_path.read_text()))
-        missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{weights_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        model._register_normalisation()  # not in the file: meta until now
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if left:
-            raise ValueError(f"{weights_path}: no values for {left[:5]}")
-        return model

@@ -1,4 +1,4 @@
-"""anydoor: teleport an object into any scene (pack data, generate, convert, evaluate, demo).
+"""anydoor: teleport an object into any scene (pack data, generate, convert, export, evaluate, demo).
 
 The `anydoor` console script has one sub-command per module in ``SUBCOMMANDS``. Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int`` and imports
 nothing heavy at module level, so ``anydoor --help`` stays instant.
@@ -13,7 +13,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("src.cli.shards", "pack video/image sources into WebDataset shards"),
     "generate": ("src.cli.generate", "teleport a reference object into a target image"),
-    "convert": ("src.cli.convert", "convert the authors' released checkpoint to our pretrained layout"),
+    "convert": ("src.cli.convert", "convert the authors' released checkpoint (or an older model folder) to our layout"),
+    "export": ("src.cli.export", "turn a training checkpoint into a model folder"),
     "eval": ("src.cli.evaluate", "score generations (DINO-I, CLIP-I, PSNR/SSIM) against baselines"),
     "demo": ("src.cli.demo", "serve the web demo (a Gradio page) on this machine"),
 }

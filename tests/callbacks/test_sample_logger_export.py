@@ -1,33 +1,69 @@
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from safetensors.torch import load_file
 
-from callbacks import ExportOnTrainEnd, SampleLogger, export_checkpoint
+from callbacks import ExportOnTrainEnd, SampleLogger
 from models.anydoor_module import AnyDoorModule
+from models.pipeline import AnyDoorPipeline
 from tests.fakes import TINY_MODEL_KWARGS, RandomDataModule
 
 
-def test_sample_logger_and_export_write_files(tmp_path):
-    logger = TensorBoardLogger(str(tmp_path), name="tb")
-    samples = SampleLogger(every_n_steps=2, num_samples=2, num_steps=2)
-    trainer = Trainer(max_steps=3, accelerator="cpu", logger=logger, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
-                      callbacks=[samples, ExportOnTrainEnd()])
+class NoValidation(RandomDataModule):
+    def val_dataloader(self):
+        return []  # what AnyDoorDataModule returns for val_shards: null
+
+
+def _fit(tmp_path, callbacks, datamodule=None, max_steps=3, **kwargs):
     module = AnyDoorModule(**{**TINY_MODEL_KWARGS, "ema_decay": 0.5})
-    trainer.fit(module, datamodule=RandomDataModule())
+    trainer = Trainer(max_steps=max_steps, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path, callbacks=callbacks, **kwargs)
+    trainer.fit(module, datamodule=datamodule or RandomDataModule())
+    return module, trainer
+
+
+def test_sample_logger_and_export_write_files(tmp_path):
+    samples, export = SampleLogger(every_n_steps=2, num_samples=2, num_steps=2), ExportOnTrainEnd()
+    module, trainer = _fit(tmp_path, [samples, export, ModelCheckpoint(every_n_train_steps=2, save_last=True)],
+                           logger=TensorBoardLogger(str(tmp_path), name="tb"), limit_val_batches=0)
     assert len(samples.written) == 2  # step 2 and train end (step 3)
     image = Image.open(samples.written[0])
     assert image.size == (4 * 32 + 5 * 2, 2 * 32 + 3 * 2)  # [ref | collage | generated | truth] x 2 rows
     assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
-    export = tmp_path / "tb" / "version_0" / "export"
-    state = load_file(str(export / "trainable.safetensors"))
-    assert set(state) == set(module.trainable_parameters())
-    assert torch.equal(state["denoiser.unet.conv_out.weight"], module.ema.shadow["denoiser.unet.conv_out.weight"])
-    assert (export / "pretrained" / "model_index.json").is_file()
-    ckpt = tmp_path / "tb" / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 3
-    out = export_checkpoint(ckpt, tmp_path / "from_ckpt.safetensors", use_ema=False)
-    raw = load_file(str(out))
-    assert torch.equal(raw["denoiser.unet.conv_out.weight"], module.denoiser.unet.conv_out.weight)
+    run = tmp_path / "tb" / "version_0"
+    assert export.written == run / "export" / "pretrained" and not list((run / "export").glob(".*"))
+    pipe = AnyDoorPipeline.from_pretrained(export.written)
+    ema = dict(zip(module.trainable_parameters(), module.ema.shadow_params))
+    assert torch.equal(pipe.unet.conv_out.weight, ema["denoiser.unet.conv_out.weight"])  # the EMA weights
+    assert not torch.equal(pipe.unet.conv_out.weight, module.denoiser.unet.conv_out.weight)
+    assert pipe.config.sampling == {"scheduler": "ddim", "steps": 2, "guidance": 1.0}
+    # the checkpoint saved at step 2 is brought to the final step, and no last-v1.ckpt appears beside it
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3 and last["ema"]["optimization_step"] == 3
+
+
+def test_a_short_run_keeps_one_last_checkpoint(tmp_path):
+    _fit(tmp_path, [ExportOnTrainEnd(), ModelCheckpoint(every_n_train_steps=1000, save_last=True)], logger=False,
+         limit_val_batches=0, max_steps=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_checkpoints_hold_the_ema_of_their_own_step(tmp_path):
+    """ModelCheckpoint saves in on_train_batch_end, before the module's: the EMA must already be updated."""
+    module, _ = _fit(tmp_path, [ModelCheckpoint(every_n_train_steps=1, save_top_k=-1)], logger=False,
+                     limit_val_batches=0, max_steps=2)
+    for step in (1, 2):
+        ckpt = torch.load(tmp_path / "checkpoints" / f"epoch=0-step={step}.ckpt", weights_only=True)
+        assert ckpt["ema"]["optimization_step"] == step
+    assert module.ema.optimization_step == 2
+
+
+def test_training_without_validation_data_runs_to_the_end_and_exports(tmp_path):
+    samples, export = SampleLogger(every_n_steps=2, num_samples=2, num_steps=1), ExportOnTrainEnd()
+    _fit(tmp_path, [samples, export], datamodule=NoValidation(), logger=False, val_check_interval=1,
+         check_val_every_n_epoch=None)
+    assert len(samples.written) == 2 and export.written.is_dir()
+    assert AnyDoorPipeline.from_pretrained(export.written).unet.config.sample_size == 8

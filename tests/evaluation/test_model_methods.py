@@ -28,9 +28,9 @@ def prepared(job_folder):
 
 
 def test_pipeline_method_is_seeded_per_job(prepared):
-    from models.pipeline import random_pipeline
+    from tests.fakes import tiny_pipeline
 
-    method = PipelineMethod(random_pipeline("tiny"), steps=2, guidance=2.0)
+    method = PipelineMethod(tiny_pipeline(), steps=2, guidance=2.0)
     assert method.size == SIZE
     together = method(prepared)
     alone = method(prepared[1:2])

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import default_collate
 
-from models.anydoor_module import AnyDoorModule, psnr_in_boxes
+from models.anydoor_module import AnyDoorModule
 from tests.fakes import TINY_MODEL_KWARGS, RandomDataModule, make_sample
 
 
@@ -55,7 +56,7 @@ def test_rebuild_is_deterministic_for_frozen_parts():
         assert torch.equal(p, q), n
 
 
-@pytest.mark.parametrize("extra", [dict(prediction_type="epsilon", min_snr_gamma=5.0),
+@pytest.mark.parametrize("extra", [dict(noise_schedule={"prediction_type": "epsilon"}, min_snr_gamma=5.0),
                                    dict(cfg_drop_prob=1.0, ema_decay=0.9)])
 def test_loss_variants_forward_backward(extra):
     module = AnyDoorModule(**{**TINY_MODEL_KWARGS, **extra})
@@ -76,21 +77,31 @@ def test_cfg_drop_uses_black_reference_tokens(tiny_module):
     assert torch.allclose(dropped[1], tiny_module.id_encoder(ref[1:2])[0])
 
 
-def test_sample_shape_and_cfg(tiny_module):
+def test_module_and_saved_pipeline_sample_identically(tmp_path):
+    """to_pipeline() wraps the live parts; saving and loading that pipeline changes no output."""
+    from models.pipeline import AnyDoorPipeline, Job
+
+    module = AnyDoorModule(**{**TINY_MODEL_KWARGS, "ema_decay": 0.9})
+    with torch.no_grad():  # trained-looking weights: the ControlNet's zero output convs made non-zero
+        for p in module.denoiser.controlnet.controlnet_down_blocks.parameters():
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+    live = module.to_pipeline()
+    assert live.unet is module.denoiser.unet and live.vae is module.vae  # shared, not copied
+    module.train()
+    live.save_pretrained(tmp_path / "m")
+    assert module.training and module.denoiser.unet.training  # no forced eval() on shared parts
+    loaded = AnyDoorPipeline.from_pretrained(tmp_path / "m")
     batch = _batch()
-    out = tiny_module.sample(batch, num_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
-    again = tiny_module.sample(batch, num_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (2, 3, 32, 32) and torch.equal(out, again)
-    assert out.min() >= -1 and out.max() <= 1
-
-
-def test_psnr_in_boxes_counts_only_the_box():
-    a = torch.zeros(1, 3, 8, 8)
-    b = a.clone()
-    b[..., :2, :] = 1.0  # differs only outside the box
-    assert psnr_in_boxes(a, b, torch.tensor([[0, 4, 8, 8]])) > 90
-    b[..., 4:, :] = 1.0  # error 1.0 in [-1,1] units = 0.5 in [0,1]: PSNR = 20 log10(2)
-    assert torch.isclose(psnr_in_boxes(a, b, torch.tensor([[0, 4, 8, 8]])), torch.tensor([6.0206]), atol=1e-3).all()
+    outs = []
+    for pipe in (live, loaded):
+        outs.append(module.generate(pipe, batch, steps=3, guidance=3.0, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(outs[0], outs[1]) and outs[0].shape == (2, 3, 32, 32)
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (60, 50, 4), dtype=np.uint8)
+    ref[..., 3] = 255
+    job = Job(ref, rng.integers(0, 256, (80, 90, 3), dtype=np.uint8), box=(20, 20, 50, 60))
+    a, b = (p(job, generator=torch.Generator().manual_seed(1), progress=False) for p in (live, loaded))
+    assert np.array_equal(a.images[0], b.images[0])
 
 
 def test_checkpoint_keeps_trainable_only_and_resume_continues(tmp_path):
@@ -108,7 +119,7 @@ def test_checkpoint_keeps_trainable_only_and_resume_continues(tmp_path):
     resumed = Trainer(max_steps=4, **kw)
     resumed.fit(resumed_module, datamodule=RandomDataModule(), ckpt_path=str(ckpt_path))
     assert resumed.global_step == 4
-    assert resumed_module.ema.num_updates == 4
+    assert resumed_module.ema.optimization_step == 4
     loaded = AnyDoorModule.load_from_checkpoint(ckpt_path)
     for n, p in module.trainable_parameters().items():
         assert torch.equal(loaded.get_parameter(n), ckpt["state_dict"][n])
@@ -118,19 +129,42 @@ def test_checkpoint_keeps_trainable_only_and_resume_continues(tmp_path):
         AnyDoorModule.load_from_checkpoint(tmp_path / "broken.ckpt")
 
 
-def test_save_pretrained_layout(tiny_module, tmp_path):
-    tiny_module.save_pretrained(str(tmp_path / "pretrained"))
-    for part in ("unet", "controlnet", "vae", "id_encoder", "scheduler"):
-        assert (tmp_path / "pretrained" / part / "config.json").is_file() or \
-            (tmp_path / "pretrained" / part / "scheduler_config.json").is_file(), part
-    assert (tmp_path / "pretrained" / "model_index.json").is_file()
-    from models.pipeline import AnyDoorPipeline
-
-    pipe = AnyDoorPipeline.from_pretrained(tmp_path / "pretrained")  # the recipe's own sampler comes along
-    assert pipe.sampling_defaults == {"sample_scheduler": "ddim", "sample_steps": tiny_module.hparams.sample_steps,
-                                      "guidance_scale": tiny_module.hparams.guidance_scale}
+def test_pipeline_recommends_the_recipe(tiny_module):
+    pipe = tiny_module.to_pipeline()
+    assert pipe.config.sampling == {"scheduler": "ddim", "steps": tiny_module.hparams.sample_steps,
+                                    "guidance": tiny_module.hparams.guidance_scale}
+    assert pipe.preprocessing_settings() == (1.3, 1.15, 2.15, -1.0)  # centre of the training ranges
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
 
 
-def test_mismatched_hint_and_first_stage_is_rejected():
+def test_mismatched_collage_embedding_and_first_stage_is_rejected():
     with pytest.raises(ValueError, match="must match"):
-        AnyDoorModule(**{**TINY_MODEL_KWARGS, "hint_channels": [16, 32, 96, 256]})
+        AnyDoorModule(**{**TINY_MODEL_KWARGS, "collage_embedding_channels": [16, 32, 96, 256]})
+
+
+def test_training_without_the_timestep_callback_is_an_explicit_choice():
+    module = AnyDoorModule(**{**TINY_MODEL_KWARGS, "uniform_timesteps": False})
+    with pytest.raises(RuntimeError, match="callbacks.FrequencyAwareTimesteps.*uniform_timesteps: true"):
+        module.diffusion_loss(_batch())
+    batch = _batch()
+    batch["timesteps"] = torch.tensor([3, 997])
+    assert torch.isfinite(module.diffusion_loss(batch))
+
+
+@pytest.mark.parametrize("prediction_type, divisor", [("epsilon", 0.0), ("v_prediction", 1.0)])
+def test_min_snr_weights_each_sample_by_min_snr_gamma_over_snr(prediction_type, divisor):
+    from diffusers.training_utils import compute_snr
+
+    kwargs = {**TINY_MODEL_KWARGS, "noise_schedule": {"prediction_type": prediction_type}}
+    plain, weighted = AnyDoorModule(**kwargs), AnyDoorModule(**kwargs, min_snr_gamma=2.0)
+    batch = _batch()
+    t = torch.tensor([3, 600])
+    snr = compute_snr(plain.noise_scheduler, t)
+    per_sample = [plain.diffusion_loss({k: v[i:i + 1] for k, v in batch.items()}, t[i:i + 1],
+                                       torch.Generator().manual_seed(i)) for i in range(2)]
+    weights = snr.clamp(max=2.0) / (snr + divisor)
+    expected = torch.stack([w * loss for w, loss in zip(weights, per_sample)]).mean()
+    got = torch.stack([weighted.diffusion_loss({k: v[i:i + 1] for k, v in batch.items()}, t[i:i + 1],
+                                               torch.Generator().manual_seed(i)) for i in range(2)])
+    assert torch.allclose(got.mean(), expected, rtol=1e-5)
+    assert weights[0] < 1 < snr[0]  # a low-noise sample is down-weighted

@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from src.cli.train import cli_main
@@ -13,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_cli_main_runs_fit_from_a_dict_config(tmp_path):
     model_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY_MODEL_KWARGS.items()}
+    model_args["uniform_timesteps"] = False  # the callback below provides them
+    model_args["optimizer"] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}}
+    model_args["lr_scheduler"] = {"class_path": "torch.optim.lr_scheduler.LinearLR",
+                                  "init_args": {"start_factor": 0.1, "total_iters": 9}}
     config = {
         "fit": {
             "trainer": {"accelerator": "cpu", "max_steps": 2, "logger": False, "enable_progress_bar": False,
@@ -25,6 +30,9 @@ def test_cli_main_runs_fit_from_a_dict_config(tmp_path):
     }
     cli = cli_main(config)
     assert cli.trainer.global_step == 2
+    optimizer = cli.trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SGD)  # injected by LightningCLI; the scheduler steps per step:
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * (0.1 + 0.9 * 2 / 9))
     assert "val/loss" in cli.trainer.callback_metrics
     assert list(tmp_path.rglob("*.ckpt"))
 
@@ -36,14 +44,28 @@ def test_shipped_configs_parse_without_running():
         assert cfg["data"]["class_path"] == "datamodules.anydoor_datamodule.AnyDoorDataModule"
 
 
+def test_tiny_config_builds_its_optimizer_and_warm_up(tmp_path):
+    cli = cli_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--trainer.logger", "false",
+                    "--trainer.default_root_dir", str(tmp_path)], run=False)
+    setup = cli.model.configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and setup["lr_scheduler"]["interval"] == "step"
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-6)  # (0 + 1) / 100 of 3e-4
+    for _ in range(99):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+
+
 def test_tiny_config_builds_the_model_it_describes():
     from models.anydoor_module import AnyDoorModule
+    from models.components.first_stage import latent_factor
 
-    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    module = AnyDoorModule(**cfg["model"]["init_args"])
-    size = cfg["data"]["init_args"]["image_size"]
-    assert size // module.first_stage.factor == module.denoiser.unet.config.sample_size
+    module = AnyDoorModule.from_config_file(ROOT / "configs" / "tiny.yaml")
+    size = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["data"]["init_args"]["image_size"]
+    assert size // latent_factor(module.vae) == module.denoiser.unet.config.sample_size
     assert module.noise_scheduler.config.prediction_type == "v_prediction"
+    assert module.to_pipeline().crop_size == size
 
 
 def _tiny_fit_config(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.collage import build_collage, signed_chw_to_uint8, to_signed_chw
+from src.collage import build_collage, to_signed_chw
 
 
 def test_to_signed_chw():
@@ -9,10 +9,6 @@ def test_to_signed_chw():
     out = to_signed_chw(img)
     assert out.shape == (3, 1, 1) and out.dtype == np.float32
     assert out[:, 0, 0].tolist() == pytest.approx([-1.0, 1.0, 127 / 127.5 - 1], abs=1e-6)
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (5, 7, 3)).astype(np.uint8)
-    assert np.array_equal(signed_chw_to_uint8(to_signed_chw(img)), img)
-    assert signed_chw_to_uint8(np.full((3, 1, 1), 3.0))[0, 0].tolist() == [255, 255, 255]
 
 
 def test_collage_box_channel_and_hint_placement():
@@ -27,6 +23,9 @@ def test_collage_box_channel_and_hint_placement():
     assert ch.sum() == 8 * 16 - 2 * 4 * 32  # 1 in box, -1 on the 4-row padding bands, 0 elsewhere
     assert (ch[:4] == -1).all() and (ch[28:] == -1).all() and (ch[4:8] == 0).all()
     assert set(np.unique(ch)) == {-1.0, 0.0, 1.0}
+    # the authors' inference marks padding 1 (their -1 wraps to 255 in a uint8 cast): a model folder may ask for it
+    marked = build_collage(crop, (4, 8, 12, 24), hint, valid=(0, 4, 32, 28), pad_value=1.0)[3]
+    assert (marked[:4] == 1).all() and (marked[28:] == 1).all() and np.array_equal(marked[4:28], ch[4:28])
 
 
 def test_collage_mask_channel_can_reach_outside_box():

@@ -3,9 +3,16 @@ import numpy as np
 import pytest
 
 from src.conditioning import (
+    AUTHORS_PREPROCESSING,
+    BOX_GROW_RANGE,
+    CROP_GROW_RANGE,
     DEFAULT_BOX_GROW,
     DEFAULT_CROP_GROW,
+    DEFAULT_PREPROCESSING,
+    DEFAULT_REFERENCE_GROW,
+    REFERENCE_GROW_RANGE,
     PreparedReference,
+    Preprocessing,
     prepare_reference,
     prepare_target,
 )
@@ -42,9 +49,11 @@ def test_reference_deterministic_without_rng_and_canvas_margin(scene):
     a = prepare_reference(img, mask)
     b = prepare_reference(img, mask)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.hint, b.hint)
-    # object box 1/1.2 of the grown canvas along its long side, centred
+    # object box 1/1.3 (the default margin) of the grown canvas along its long side, centred
     x1, y1, x2, y2 = mask_to_box(a.mask)
-    assert abs((y2 - y1) - 224 / 1.2) <= 3
+    assert abs((y2 - y1) - 224 / DEFAULT_REFERENCE_GROW) <= 3
+    wide = mask_to_box(prepare_reference(img, mask, margin=1.1).mask)
+    assert abs((wide[3] - wide[1]) - 224 / 1.1) <= 3
     assert abs((y1 + y2) / 2 - 112) <= 2
 
 
@@ -174,3 +183,26 @@ def test_target_bad_inputs(scene):
     with pytest.raises(ValueError, match="max_box_fraction"):
         prepare_target(img, (20, 20, 300, 200), ref, max_box_fraction=0.8)
     prepare_target(img, mask, ref, max_box_fraction=0.8)  # 85 x 119 px object in 320 x 240: fine
+
+
+def test_fixed_geometry_is_the_centre_of_the_training_ranges():
+    assert REFERENCE_GROW_RANGE == (1.1, 1.5) and BOX_GROW_RANGE == (1.1, 1.2) and CROP_GROW_RANGE == (1.3, 3.0)
+    assert DEFAULT_PREPROCESSING == Preprocessing(1.3, 1.15, 2.15, -1.0)
+    assert (DEFAULT_REFERENCE_GROW, DEFAULT_BOX_GROW, DEFAULT_CROP_GROW) == (1.3, 1.15, 2.15)
+    # the authors' run_inference.py: randint(12, 13) / 10 = 1.2, randint(11, 12) / 10 = 1.1, crop 1.5-2.9
+    assert AUTHORS_PREPROCESSING == Preprocessing(1.2, 1.1, 2.2, 1.0)
+    assert Preprocessing.centre_of((1.0, 2.0), (1.0, 1.0), (2.0, 4.0)) == (1.5, 1.0, 3.0, -1.0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        Preprocessing.from_config({"box_ratio": 1.1, "crop_ratio": 2.0, "reference_margin": 1.2, "pad": 0})
+
+
+def test_mask_pad_value_marks_the_padding(scene):
+    img, mask = scene
+    ref = prepare_reference(img, mask)
+    wide = np.zeros((40, 320), np.uint8)  # a flat strip: the square crop is padded
+    wide[10:30, 100:140] = 1
+    strip = np.zeros((40, 320, 3), np.uint8)
+    default = prepare_target(strip, wide, ref, size=64).sample["collage"][3]
+    authors = prepare_target(strip, wide, ref, size=64, mask_pad_value=1.0).sample["collage"][3]
+    assert (default == -1).any() and not (authors == -1).any()
+    assert np.array_equal(authors == 1, (default == 1) | (default == -1))

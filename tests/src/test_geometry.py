@@ -3,7 +3,6 @@ import pytest
 
 from src.geometry import (
     box_fraction,
-    box_in_box,
     box_size,
     clip_box,
     expand_box,
@@ -96,10 +95,6 @@ def test_square_box_contains_input_randomised():
         assert 0 <= sx1 and 0 <= sy1 and sx2 <= w and sy2 <= h
         side = max(x2 - x1, y2 - y1)
         assert (sx2 - sx1, sy2 - sy1) == (min(side, w), min(side, h))
-
-
-def test_box_in_box():
-    assert box_in_box((15, 25, 30, 40), (10, 20, 50, 60)) == (5, 5, 20, 20)
 
 
 def test_scale_box_never_shrinks():

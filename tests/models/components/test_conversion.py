@@ -6,6 +6,8 @@ import torch
 import yaml
 
 from models.components import conversion as conv
+from models.components import ldm_configs as ldm
+from models.components.weights import load_state_dict_file
 from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 
 # copy of shared/reference/anydoor_official_keys.tsv (keys, shapes of the released checkpoint)
@@ -80,11 +82,11 @@ def test_tiny_checkpoint_has_the_released_key_names(tiny):
 
 def test_released_yaml_round_trips_to_default_architecture(tmp_path):
     path = tmp_path / "anydoor.yaml"
-    path.write_text(yaml.safe_dump(conv.RELEASED_LDM_CONFIG))
-    assert conv.unet_config_from_ldm(conv.load_ldm_config(path)) == conv.unet_config_from_ldm(conv.load_ldm_config(None))
+    path.write_text(yaml.safe_dump(ldm.RELEASED_LDM_CONFIG))
+    assert ldm.unet_config_from_ldm(ldm.load_ldm_config(path)) == ldm.unet_config_from_ldm(ldm.load_ldm_config(None))
     (tmp_path / "bad.yaml").write_text("model: {params: {unet_config: {}}}\n")
     with pytest.raises(conv.ConversionError, match="bad.yaml"):
-        conv.load_ldm_config(tmp_path / "bad.yaml")
+        ldm.load_ldm_config(tmp_path / "bad.yaml")
 
 
 def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_path):
@@ -95,8 +97,8 @@ def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_pat
     ckpt = tmp_path / "epoch=1.ckpt"  # Lightning layout, optimizer state included
     torch.save({"epoch": 1, "state_dict": tiny["ldm"], "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(3)}}}]}, ckpt)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_YAML))
-    sd = conv.load_state_dict(ckpt)
-    out = conv.convert_anydoor_checkpoint(sd, conv.load_ldm_config(tmp_path / "tiny.yaml"), vit_num_heads=2,
+    sd = load_state_dict_file(ckpt)
+    out = conv.convert_anydoor_checkpoint(sd, ldm.load_ldm_config(tmp_path / "tiny.yaml"), vit_num_heads=2,
                                           reference_size=28)
     conv.save_converted(out, tmp_path / "model")
 
@@ -134,9 +136,9 @@ def test_tiny_checkpoint_converts_and_loads_with_identical_outputs(tiny, tmp_pat
 def test_dinov2_release_file_alone(tiny, tmp_path):
     original = {k[len("cond_stage_model.model."):]: v for k, v in tiny["ldm"].items() if k.startswith("cond_stage_model.model.")}
     torch.save(original, tmp_path / "dinov2_vitg14_pretrain.pth")
-    comp, dropped = conv.convert_dinov2(conv.load_state_dict(tmp_path / "dinov2_vitg14_pretrain.pth"), num_heads=2)
+    comp, dropped = conv.convert_dinov2(load_state_dict_file(tmp_path / "dinov2_vitg14_pretrain.pth"), num_heads=2)
     assert dropped == ["mask_token"]
-    vit = conv.build_vit(comp.config)
+    vit = ldm.build_vit(comp.config)
     vit.load_state_dict(comp.state_dict, strict=True)
     img = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -149,7 +151,7 @@ def test_wrong_schedule_and_unreadable_file_are_errors(tiny, tmp_path):
     with pytest.raises(conv.ConversionError, match="betas"):
         conv.convert_anydoor_checkpoint(sd, TINY_YAML, vit_num_heads=2)
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(conv.ConversionError, match="junk.ckpt"):
-        conv.load_state_dict(tmp_path / "junk.ckpt")
+    with pytest.raises(ValueError, match="junk.ckpt"):
+        load_state_dict_file(tmp_path / "junk.ckpt")
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        conv.load_state_dict(tmp_path / "missing.ckpt")
+        load_state_dict_file(tmp_path / "missing.ckpt")

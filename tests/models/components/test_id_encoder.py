@@ -1,22 +1,24 @@
 import re
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from timm.layers import SwiGLUPacked, resample_abs_pos_embed
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
 
 from models.components.id_encoder import IDEncoder, resample_pos_embed_like_dinov2
 
 # Giant-like (SwiGLU packed MLP) but tiny, so the original release's w12/w3 names apply.
-GIANT_LIKE = dict(patch_size=14, embed_dim=32, depth=2, num_heads=2, init_values=1e-5, img_size=518,
-                  mlp_ratio=2.0, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU)
+GIANT = "vit_giant_patch14_dinov2"
+GIANT_LIKE = dict(patch_size=14, embed_dim=32, depth=2, num_heads=2, init_values=1e-5, img_size=518, mlp_ratio=2.0)
+SMALL = "vit_small_patch14_dinov2"
 SMALL_LIKE = dict(patch_size=14, embed_dim=32, depth=2, num_heads=2, init_values=1e-5, img_size=518)
 
 
-def _encoder(**kw) -> IDEncoder:
+def _encoder(model_name: str = SMALL, vit_kwargs: dict = SMALL_LIKE, **kw) -> IDEncoder:
     torch.manual_seed(0)
-    return IDEncoder(model_name="vit_custom", vit_kwargs=kw.pop("vit_kwargs", SMALL_LIKE), out_dim=24, **kw)
+    return IDEncoder(model_name=model_name, vit_kwargs=dict(vit_kwargs), out_dim=24, **kw)
 
 
 def to_release_names(vit_state: dict) -> dict:
@@ -39,6 +41,33 @@ def test_pos_embed_resampled_like_the_release():
     assert (timm_out - out).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name, kwargs", [(GIANT, GIANT_LIKE), (SMALL, SMALL_LIKE)], ids=["swiglu", "mlp"])
+def test_timm_forward_with_the_release_position_step(name, kwargs):
+    """The features are the original DINOv2 computation: patches, class token, the 37x37 grid resampled
+    by (g + 0.1) / 37 bicubic, blocks, norm; only the position step differs from timm's own."""
+    enc = _encoder(name, kwargs)
+    with torch.no_grad():
+        enc.vit.pos_embed.normal_()  # make the position grid matter
+    x = torch.rand(2, 3, 224, 224)
+    vit = enc.vit
+    with torch.no_grad():
+        y = vit.patch_embed((x - enc.mean) / enc.std).flatten(1, 2)
+        y = torch.cat([vit.cls_token.expand(2, -1, -1), y], dim=1) + resample_pos_embed_like_dinov2(vit.pos_embed, (16, 16))
+        expected = vit.norm(vit.blocks(vit.norm_pre(y)))
+    assert torch.equal(enc.features(x), expected)
+
+
+def test_legacy_vit_custom_builds_the_same_model_from_the_registry():
+    plain = timm.models.vision_transformer.VisionTransformer
+    torch.manual_seed(0)
+    reference = plain(num_classes=0, **SMALL_LIKE)
+    legacy = _encoder("vit_custom", SMALL_LIKE)
+    assert legacy.config.model_name == SMALL  # saved under its registry name from now on
+    state = legacy.vit.state_dict()
+    assert set(state) == set(reference.state_dict())
+    assert all(torch.equal(v, state[k]) for k, v in reference.state_dict().items())
+
+
 def test_tokens_shape_and_frozen_vit():
     enc = _encoder()
     enc.train()
@@ -54,16 +83,15 @@ def test_normalisation_inside_and_black_reference_is_unconditional():
     enc = _encoder()
     black = torch.zeros(1, 3, 224, 224)
     assert torch.allclose(enc.unconditional_tokens(3), enc(black).expand(3, -1, -1))
-    # [0,1] input is normalised with ImageNet mean/std before the patch embedding
     feats = enc.features(torch.rand(1, 3, 224, 224))
     assert torch.isfinite(feats).all()
 
 
-@pytest.mark.parametrize("vit_kwargs", [GIANT_LIKE, SMALL_LIKE], ids=["swiglu", "mlp"])
-def test_loads_release_file_and_timm_file(tmp_path, vit_kwargs):
-    source = _encoder(vit_kwargs=dict(vit_kwargs))
+@pytest.mark.parametrize("name, kwargs", [(GIANT, GIANT_LIKE), (SMALL, SMALL_LIKE)], ids=["swiglu", "mlp"])
+def test_loads_release_file_and_timm_file(tmp_path, name, kwargs):
+    source = _encoder(name, kwargs)
     with torch.no_grad():
-        source.vit.pos_embed.normal_()  # make the position grid matter
+        source.vit.pos_embed.normal_()
     vit_state = source.vit.state_dict()
     release = tmp_path / "dinov2_vitx14_pretrain.pth"
     torch.save(to_release_names(vit_state), release)
@@ -73,18 +101,18 @@ def test_loads_release_file_and_timm_file(tmp_path, vit_kwargs):
     expected = source.features(x)
     for weights in (release, timm_file):
         torch.manual_seed(1)  # a different random init, overwritten by the file
-        loaded = IDEncoder(model_name="vit_custom", vit_kwargs=dict(vit_kwargs), out_dim=24, weights=str(weights))
+        loaded = IDEncoder(model_name=name, vit_kwargs=dict(kwargs), out_dim=24, weights=str(weights))
         assert torch.allclose(loaded.features(x), expected, atol=1e-6)
 
 
 def test_block_chunked_release_keys(tmp_path):
-    source = _encoder(vit_kwargs=dict(GIANT_LIKE))
+    source = _encoder(GIANT, GIANT_LIKE)
     state = to_release_names(source.vit.state_dict())
     chunked = {re.sub(r"^blocks\.(\d+)\.", r"blocks.0.\1.", k): v for k, v in state.items()}
     assert "blocks.0.1.norm1.weight" in chunked
     path = tmp_path / "chunked.pth"
     torch.save(chunked, path)
-    loaded = IDEncoder(model_name="vit_custom", vit_kwargs=dict(GIANT_LIKE), out_dim=24, weights=str(path))
+    loaded = IDEncoder(model_name=GIANT, vit_kwargs=dict(GIANT_LIKE), out_dim=24, weights=str(path))
     x = torch.rand(1, 3, 224, 224)
     assert torch.allclose(loaded.features(x), source.features(x), atol=1e-6)
 
@@ -108,14 +136,5 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     assert torch.equal(again.projector.weight, enc.projector.weight)
     assert not any(t.is_meta for t in [*again.parameters(), *again.buffers()])
     assert again.projector.weight.requires_grad and not any(p.requires_grad for p in again.vit.parameters())
-
-
-def test_from_pretrained_names_the_file_when_a_weight_is_missing(tmp_path):
-    enc = _encoder()
-    enc.save_pretrained(tmp_path / "id_encoder")
-    weights = tmp_path / "id_encoder" / "model.safetensors"
-    state = load_file(str(weights))
-    state.pop("projector.bias")
-    save_file(state, str(weights))
-    with pytest.raises(ValueError, match="model.safetensors.*projector.bias"):
-        IDEncoder.from_pretrained(tmp_path / "id_encoder")
+    half = IDEncoder.from_pretrained(tmp_path / "id_encoder", torch_dtype=torch.bfloat16)
+    assert half.projector.weight.dtype == torch.bfloat16

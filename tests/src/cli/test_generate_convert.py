@@ -14,8 +14,9 @@ import torch
 import yaml
 from PIL import Image
 
-from models.pipeline import random_pipeline
+from models.pipeline import AnyDoorPipeline
 from src.cli.main import main
+from tests.fakes import tiny_pipeline
 from tests.models.components.ldm_layout import TINY_YAML, tiny_models
 from tests.src.job_files import write_job_images
 
@@ -44,7 +45,7 @@ def files(tmp_path_factory):
     Image.fromarray(np.asarray(Image.open(d / "ref.png"))[..., 0].astype(np.uint16) * 257).save(d / "ref16.png")
     # 100 MP (above the 64 MP default limit) but a tiny file: 1-bit, all black
     Image.new("1", (10_000, 10_000)).save(d / "huge.png")
-    random_pipeline("tiny", seed=0).save_pretrained(d / "model")
+    AnyDoorPipeline(**tiny_pipeline().components).save_pretrained(d / "model")  # recommends nothing
     return d
 
 
@@ -92,8 +93,7 @@ def test_generate_batch_json_and_csv_skips_bad_jobs(files, tmp_path, capsys):
 
 def test_generate_uses_the_model_folders_sampler_unless_told(files, tmp_path, capsys):
     model = tmp_path / "recipe_model"
-    pipe = random_pipeline("tiny", seed=0)
-    pipe.sampling_defaults = {"sample_scheduler": "ddim", "sample_steps": 1, "guidance_scale": 1.0}
+    pipe = AnyDoorPipeline(**tiny_pipeline().components, sampling={"scheduler": "ddim", "steps": 1, "guidance": 1.0})
     pipe.save_pretrained(model)
     common = ["generate", "--ref", str(files / "ref.png"), "--target", str(files / "scene.png"),
               "--box", "40", "30", "90", "70"]
@@ -204,7 +204,7 @@ def test_overwrite_replaces_an_existing_output(files, tmp_path, capsys):
     assert "wrote 1 image(s); skipped 1" in captured.out and "o.png: exists (pass --overwrite" in captured.err
 
 
-def test_convert_cli_then_generate(tmp_path, files):
+def test_convert_cli_then_generate(tmp_path, files, capsys):
     tiny = tiny_models()
     torch.save({"state_dict": tiny["ldm"], "optimizer_states": []}, tmp_path / "anydoor.ckpt")
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_YAML))
@@ -213,8 +213,10 @@ def test_convert_cli_then_generate(tmp_path, files):
     assert main(args) == 0
     index = json.loads((tmp_path / "model" / "model_index.json").read_text())
     assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["id_encoder"][1] == "IDEncoder"
-    with pytest.raises(SystemExit, match="not empty"):
-        main(args)
+    # the authors' sampler and preprocessing travel with their converted model
+    assert index["sampling"] == {"scheduler": "ddim", "steps": 50, "guidance": 5.0}
+    assert index["preprocessing"] == {"reference_margin": 1.2, "box_ratio": 1.1, "crop_ratio": 2.2, "mask_pad_value": 1.0}
+    assert main(args) == 1 and "not empty (pass --overwrite" in capsys.readouterr().err
     out = tmp_path / "gen.png"
     assert main(["generate", "--model", str(tmp_path / "model"), "--steps", "2", "--scheduler", "dpm",
                  "--ref", str(files / "ref.png"), "--target", str(files / "scene.png"), "--box", "40", "30", "90", "70",
