@@ -49,7 +49,7 @@ class ExportOnTrainEnd(Callback):
             # When it saved nothing yet, its own on_train_end writes last.ckpt at this step.
             if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step:
                 trainer.save_checkpoint(ckpt.last_model_path)  # every rank: a collective for sharded strategies
-        if not trainer.is_global_zero:
-            return
         out = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / "export" / "pretrained"
+        if not trainer.is_global_zero:  # log_dir above on every rank: it is a collective under DDP
+            return
         self.written = write_model_folder(pl_module, out, training_preprocessing(trainer), self.use_ema)

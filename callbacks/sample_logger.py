@@ -5,23 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torchvision.utils import make_grid, save_image
+
+from callbacks.interrupt import StopOnSignal
+from src.image_io import write_image
 
 
-def sample_grid(batch: dict[str, torch.Tensor], generated: torch.Tensor) -> torch.Tensor:
-    """Rows of [reference | collage RGB | generated | ground truth], in [0, 1], 3xHxW."""
+def sample_grid(batch: dict[str, torch.Tensor], generated: torch.Tensor) -> np.ndarray:
+    """uint8 rows of [reference | collage | generated | ground truth] under labelled columns."""
+    from src.grid import labelled_grid
+
     size = generated.shape[-1]
     ref = F.interpolate(batch["reference"].float(), size=(size, size), mode="bilinear", antialias=True)
-    collage = (batch["collage"][:, :3].float() + 1) / 2
-    gen = (generated.float() + 1) / 2
-    truth = (batch["target"].float() + 1) / 2
-    tiles = torch.stack([ref, collage, gen.to(ref.device), truth], dim=1).flatten(0, 1).clamp(0, 1)
-    return make_grid(tiles.cpu(), nrow=4, padding=2, pad_value=1.0)
+    columns = [ref, (batch["collage"][:, :3].float() + 1) / 2, (generated.float() + 1) / 2, (batch["target"].float() + 1) / 2]
+    tiles = torch.stack([c.cpu() for c in columns], dim=1).clamp(0, 1).mul(255).round().to(torch.uint8)
+    rows = [[t.permute(1, 2, 0).numpy() for t in row] for row in tiles]
+    return labelled_grid(["reference", "collage", "generated", "ground truth"], rows)
 
 
 class SampleLogger(Callback):
@@ -68,6 +72,7 @@ class SampleLogger(Callback):
         return Path(base) / "samples"
 
     def log_samples(self, trainer: Trainer, pl_module: LightningModule) -> Optional[Path]:
+        directory = self._directory(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if not trainer.is_global_zero or self._batch is None:
             return None
         batch = {k: v.to(pl_module.device) for k, v in self._batch.items()}
@@ -81,13 +86,11 @@ class SampleLogger(Callback):
             pl_module.train(was_training)
         grid = sample_grid(batch, images)
         step = trainer.global_step
-        path = self._directory(trainer) / f"step_{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, str(path))
+        path = write_image(directory / f"step_{step:07d}.png", grid)
         self.written.append(path)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_image"):
-            experiment.add_image("samples", grid, step)
+            experiment.add_image("samples", grid, step, dataformats="HWC")
         return path
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -99,5 +102,9 @@ class SampleLogger(Callback):
             self.log_samples(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        stop = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
+        if stop is not None and stop.stopped_by is not None:
+            rank_zero_info("SampleLogger: stopped by a signal, no end-of-run grid (saving comes first)")
+            return
         if self.at_train_end:
             self.log_samples(trainer, pl_module)

@@ -20,9 +20,10 @@ import numpy as np
 
 from demo.generation import (SCHEDULERS, Outcome, Settings, Teleport, crop_size, default_feather, describe,
                              generate, model_defaults)
-from demo.inputs import (box_from_corners, check_box, click_to_pixel, collage_picture, format_box, outline,
+from demo.inputs import (box_from_corners, check_box, click_to_pixel, format_box, outline,
                          painted_mask, parse_box, reference_mask, to_preview)
 from demo.uploads import Uploads
+from src.collage import collage_picture
 from src.image_io import read_image, write_image
 
 COMPOSITE_CHOICES = [

@@ -17,10 +17,8 @@ import numpy as np
 from src.geometry import Box
 from src.image_ops import COMPOSITE_MODES
 
-SCHEDULERS = ("ddim", "dpm")  # what `anydoor generate --scheduler` offers
-# Left out, the sampler follows the model folder's recommendation, else DPM-Solver++ 20 steps:
-# the same rule as `anydoor generate` (docs/inference.md).
-FALLBACK_SCHEDULER = "dpm"
+SCHEDULERS = ("ddim", "dpm")  # what `anydoor generate --scheduler` offers; left out, the sampler follows
+# the model folder's recommendation, else DPM-Solver++ 20 steps (`AnyDoorPipeline.sampling_settings`)
 
 
 @dataclass
@@ -92,16 +90,16 @@ def crop_size(pipe: Any) -> int:
 
 def model_defaults(pipe: Any, scheduler: str | None = None) -> Defaults:
     """Sampler, steps and guidance the model folder recommends (for ``scheduler`` when given)."""
-    name, steps, guidance = pipe.sampling_settings(scheduler, None, None, default_scheduler=FALLBACK_SCHEDULER)
-    return Defaults(name, steps, guidance, bool(pipe.sampling_defaults))
+    name, steps, guidance = pipe.sampling_settings(scheduler, None, None)
+    return Defaults(name, steps, guidance, pipe.recommended_sampling is not None)
 
 
 def default_feather(composite: str) -> int:
     """The seam the pipeline uses for a compositing mode when a call does not say (as `anydoor generate`
     without --feather): 0 for the whole crop, else the pipeline's ``DEFAULT_FEATHER`` where it has one."""
-    from models import pipeline
+    from models.pipeline import DEFAULT_FEATHER
 
-    return 0 if composite == "crop" else int(getattr(pipeline, "DEFAULT_FEATHER", 0))
+    return 0 if composite == "crop" else DEFAULT_FEATHER
 
 
 def generate(pipe: Any, job: Teleport, settings: Settings, progress: bool = True) -> Outcome:

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from src.collage import signed_chw_to_uint8
 from src.geometry import Box
 
 # Pictures the page shows are at most this many pixels on their long side: a 24 MP photo as a PNG
@@ -140,14 +139,4 @@ def reference_mask(reference: np.ndarray, painted: np.ndarray | None, mask_file:
     raise ValueError("reference has no mask: paint over the object, upload a mask file, "
                      "or use a cut-out PNG whose transparency is the mask")
 
-
-def collage_picture(collage: np.ndarray, min_side: int = 256) -> np.ndarray:
-    """The model's 4 x S x S input as a picture: the collage's RGB beside its location channel
-    (white = where the object goes, grey = scene, black = padding), upscaled by an integer factor
-    (nearest neighbour, so the pixels the model saw stay visible) to at least ``min_side``."""
-    rgb = signed_chw_to_uint8(collage[:3])
-    location = signed_chw_to_uint8(np.repeat(collage[3:4], 3, axis=0))
-    picture = np.concatenate([rgb, np.full((rgb.shape[0], 2, 3), 255, np.uint8), location], axis=1)
-    factor = max(1, -(-min_side // picture.shape[0]))
-    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
 

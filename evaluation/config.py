@@ -21,7 +21,6 @@ from typing import Any, Optional
 from src.image_io import DEFAULT_MAX_PIXELS
 
 EVAL_MODULES = ("evaluation.methods", "evaluation.identity")
-TRAINING_MODULES = ("models", "torch.optim")
 MODEL_METHODS = ("PipelineMethod", "ModuleMethod")  # take the steps/guidance/seed/device settings
 MODEL_SETTINGS = ("steps", "guidance", "seed", "device")
 
@@ -159,21 +158,3 @@ def load_settings(config: str | Path | None, overrides: Mapping[str, Any]) -> tu
     if not settings.jobs:
         raise ConfigError("give --jobs (or jobs: in --config)")
     return parser, settings
-
-
-def build_training_module(config: str | Path):
-    """The model of a training config (e.g. a run folder's ``config.yaml`` as LightningCLI saved it),
-    built the way LightningCLI builds it, after the allowlist check."""
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch import LightningModule
-
-    spec = read_yaml(config)
-    if "model" not in spec:
-        raise ConfigError(f"{config}: no 'model' section (class_path/init_args)")
-    check_class_paths({"model": spec["model"]}, TRAINING_MODULES, str(config))
-    parser = ArgumentParser(exit_on_error=False, default_env=False)
-    parser.add_argument("--model", type=LightningModule)
-    try:
-        return parser.instantiate(parser.parse_object({"model": spec["model"]})).model
-    except (argparse.ArgumentError, ValueError) as err:  # a bad key or value, or the class refusing it
-        raise ConfigError(f"{config}: {_one_line(err)}") from None

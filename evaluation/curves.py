@@ -47,7 +47,8 @@ def score_checkpoints(config: str | Path | None, pattern: str, jobs: list, size:
     """Held-out PSNR of the untrained model and of every checkpoint matching ``pattern``, by step.
 
     ``config`` None: the run's own ``config.yaml`` next to the checkpoints folder."""
-    from evaluation.methods import ModuleMethod, read_checkpoint
+    from evaluation.methods import ModuleMethod
+    from models.components.weights import read_training_checkpoint
     from evaluation.runner import evaluate
 
     paths = sorted(glob.glob(pattern))
@@ -55,7 +56,7 @@ def score_checkpoints(config: str | Path | None, pattern: str, jobs: list, size:
         raise FileNotFoundError(f"no checkpoint matches {pattern}")
     by_step: dict[int, str | None] = {0: None}
     for p in paths:
-        step = int(read_checkpoint(p).get("global_step", -1))
+        step = int(read_training_checkpoint(p).get("global_step", -1))
         by_step.setdefault(step, p)  # last.ckpt repeats a step: keep one
     if config is None:
         config = Path(paths[0]).parent.parent / "config.yaml"

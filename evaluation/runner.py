@@ -21,7 +21,7 @@ from tqdm import tqdm
 from evaluation.identity import object_on_white
 from evaluation.jobs import PreparedJob, prepare_jobs
 from src import metrics
-from src.files import atomic_path, atomic_write
+from src.files import atomic_write
 from src.image_io import DEFAULT_MAX_PIXELS, write_image
 from src.jobs import JobSpec
 
@@ -98,26 +98,18 @@ def _to_uint8(image: Tensor) -> np.ndarray:
 
 def save_grid(path: Path, jobs: list[PreparedJob], outputs: Mapping[str, Tensor], rows: int) -> None:
     """One row per job: reference | collage | ground truth (or input) | each method; labelled columns."""
-    from PIL import Image, ImageDraw
+    from src.grid import labelled_grid
 
     jobs = jobs[:rows]
     if not jobs:
         return
     s = jobs[0].target.shape[-1]
-    titles = ["reference", "collage", "truth", *outputs]
-    header = 14
-    canvas = Image.new("RGB", (len(titles) * (s + 2), header + len(jobs) * (s + 2)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, title in enumerate(titles):
-        draw.text((c * (s + 2) + 2, 1), title[: max(4, s // 6)], fill="black")
+    table = []
     for r, job in enumerate(jobs):
         ref = torch.nn.functional.interpolate(job.reference[None], size=(s, s), mode="bilinear", antialias=True)[0]
         cells = [ref, job.collage[:3].add(1).div(2), job.ground_truth if job.ground_truth is not None else job.target]
-        cells += [out[r] for out in outputs.values()]
-        for c, cell in enumerate(cells):
-            canvas.paste(Image.fromarray(_to_uint8(cell)), (c * (s + 2), header + r * (s + 2)))
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
+        table.append([_to_uint8(c) for c in [*cells, *(out[r] for out in outputs.values())]])
+    write_image(path, labelled_grid(["reference", "collage", "truth", *outputs], table))
 
 
 def _clean(value: Any) -> Any:

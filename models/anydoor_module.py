@@ -278,15 +278,12 @@ class AnyDoorModule(LightningModule):
         """A Lightning checkpoint of this recipe (trainable weights, EMA) read with ``weights_only=True``;
         returns (its step, whether it held an EMA). Without one, the EMA starts from its weights.
         Errors name the file."""
+        from models.components.weights import read_training_checkpoint
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - unpickling fails in many types; name the file
-            raise ValueError(f"{path}: not a checkpoint readable with torch.load(weights_only=True) ({err})") from err
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-            raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+        ckpt = read_training_checkpoint(path)
         trainable = set(self.trainable_parameters())
         unexpected = sorted(set(ckpt["state_dict"]) - trainable)
         missing = sorted(trainable - set(ckpt["state_dict"]))

@@ -182,11 +182,10 @@ class AnyDoorPipeline(DiffusionPipeline):
         return int(self.unet.config.sample_size) * latent_factor(self.vae)
 
     def sampling_settings(self, scheduler: str | None = None, steps: int | None = None,
-                          guidance: float | None = None, *, default_scheduler: str | None = None) -> SamplingSettings:
+                          guidance: float | None = None) -> SamplingSettings:
         """The one resolver of sampler, steps and guidance: what the call says, else what the model
         folder recommends (its step count only for its own scheduler), else ``FALLBACK_SAMPLING``
-        (DPM-Solver++ 20 steps, guidance 5; DDIM's fallback steps 50). ``default_scheduler`` is
-        accepted for callers written before the single fallback and ignored."""
+        (DPM-Solver++ 20 steps, guidance 5; DDIM's fallback steps 50)."""
         rec = self.recommended_sampling
         scheduler = scheduler or (rec.scheduler if rec else FALLBACK_SAMPLING.scheduler)
         if scheduler not in SCHEDULERS:

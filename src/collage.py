@@ -20,6 +20,22 @@ def to_signed_chw(image: np.ndarray) -> np.ndarray:
     return out
 
 
+
+def signed_chw_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_signed_chw``: ``C x H x W`` in [-1, 1] (clipped) -> uint8 ``H x W x C``."""
+    return np.clip(np.rint((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
+def collage_picture(collage: np.ndarray, min_side: int = 256) -> np.ndarray:
+    """The model's 4 x S x S input as a picture a person can read: the collage's RGB beside its
+    location channel (white = where the object goes, grey = scene, black = padding), upscaled by an
+    integer factor (nearest neighbour, so the pixels the model saw stay visible) to >= ``min_side``."""
+    rgb = signed_chw_to_uint8(collage[:3])
+    location = signed_chw_to_uint8(np.repeat(collage[3:4], 3, axis=0))
+    picture = np.concatenate([rgb, np.full((rgb.shape[0], 2, 3), 255, np.uint8), location], axis=1)
+    factor = max(1, -(-min_side // picture.shape[0]))
+    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+
 def build_collage(
     target_crop: np.ndarray,
     box: Sequence[int],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,3 +48,22 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path}: holds no state dict of tensors")
     return dict(obj)
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as data only (``weights_only=True``: a pickle's code never runs). Any
+    failure is one ``ValueError`` naming the file: ``torch.load`` raises struct.error, RuntimeError,
+    UnpicklingError ... for truncated, foreign or code-carrying files, with no common type."""
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: holds objects other than tensors and plain data: refused "
+                         "(checkpoints are loaded as data only)") from None
+    except Exception as err:  # noqa: BLE001 - see the docstring; the file's name and torch's first line are kept
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return ckpt

@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
                         help="override the timestep spacing (default: trailing for dpm, the saved "
                              "config's for ddim: the authors' leading)")
-    parser.add_argument("--crop-ratio", type=float, default=2.0, help="context crop around the grown box")
+    parser.add_argument("--crop-ratio", type=float, default=None,
+                        help="context crop around the grown box (default: the model folder's preprocessing)")
     parser.add_argument("--mask-shape", action="store_true",
                         help="with a target mask: give the model the mask's shape instead of its box")
     parser.add_argument("--composite", choices=("box", "mask", "crop"), default="box",
@@ -70,15 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="default float16 on GPU, float32 on CPU")
-
-
-def _collage_preview(collage):
-    """RGB part and location channel of a 4 x S x S collage side by side, uint8."""
-    import numpy as np
-
-    rgb = ((collage[:3].transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
-    loc = ((collage[3] + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
-    return np.concatenate([rgb, np.repeat(loc[..., None], 3, axis=2)], axis=1)
 
 
 def _outputs(out: Path, intermediates: bool) -> list[Path]:
@@ -158,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from models.pipeline import AnyDoorPipeline, Job
+    from src.collage import collage_picture
     from src.image_io import write_image
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -168,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"anydoor generate: {err}") from None
     pipe.use_channels_last(device.type == "cpu")  # faster oneDNN convolutions (docs/inference.md)
 
-    scheduler, steps, guidance = pipe.sampling_settings(args.scheduler, args.steps, args.guidance, default_scheduler="dpm")
+    scheduler, steps, guidance = pipe.sampling_settings(args.scheduler, args.steps, args.guidance)
     print(f"sampling: {scheduler}, {steps} step(s), guidance {guidance:g}", file=sys.stderr)
     mask_channel = "mask" if args.mask_shape else "box"
     failed = [skipped[i] for i in sorted(skipped)]
@@ -205,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         for k, spec in enumerate(ready):
             images = [result.images[k]]
             if args.save_intermediates:
-                images += [result.crops[k], _collage_preview(result.collages[k])]
+                images += [result.crops[k], collage_picture(result.collages[k], min_side=0)]
             try:
                 for path, image in zip(_outputs(spec.out, args.save_intermediates), images):
                     write_image(path, image, overwrite=args.overwrite)  # atomic: a failed write keeps the old file

@@ -18,7 +18,7 @@ from PIL import Image
 
 TEST_MAX_PIXELS = 1_000_000  # small, so that "too large" is cheap to test
 # What a `make train` export recommends (configs/tiny.yaml's recipe): the page starts with it.
-TRAIN_EXPORT_SAMPLING = {"sample_scheduler": "ddim", "sample_steps": 1, "guidance_scale": 1.0}
+TRAIN_EXPORT_SAMPLING = {"scheduler": "ddim", "steps": 1, "guidance": 1.0}
 
 
 def free_port() -> int:
@@ -33,12 +33,12 @@ def demo_model(tmp_path_factory) -> Path:
     model), else a tiny random-init model folder of the real layout."""
     if os.environ.get("ANYDOOR_DEMO_MODEL"):
         return Path(os.environ["ANYDOOR_DEMO_MODEL"])
-    from models.pipeline import random_pipeline  # the one place these tests build a model
+    from models.pipeline import AnyDoorPipeline
+    from tests.fakes import tiny_pipeline  # the one place these tests build a model
 
     folder = tmp_path_factory.mktemp("demo-model") / "tiny"
-    pipe = random_pipeline("tiny", seed=0)
-    pipe.sampling_defaults = dict(TRAIN_EXPORT_SAMPLING)  # saved in model_index.json, read back as the page's defaults
-    pipe.save_pretrained(folder)
+    # the recommendation is saved in model_index.json and read back as the page's defaults
+    AnyDoorPipeline(**tiny_pipeline().components, sampling=dict(TRAIN_EXPORT_SAMPLING)).save_pretrained(folder)
     return folder
 
 

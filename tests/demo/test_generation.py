@@ -30,7 +30,7 @@ def test_defaults_come_from_the_model_folder_like_the_cli(pipe, demo_model, tmp_
     plain = tmp_path / "plain"  # the same model, its folder recommending no sampler
     shutil.copytree(demo_model, plain)
     index = json.loads((plain / "model_index.json").read_text())
-    (plain / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if k not in TRAIN_EXPORT_SAMPLING}))
+    (plain / "model_index.json").write_text(json.dumps({k: v for k, v in index.items() if k != "sampling"}))
     d = model_defaults(load_pipeline(plain, "cpu")[0])
     assert (d.scheduler, d.steps, d.guidance, d.from_model) == ("dpm", 20, 5.0, False)  # `anydoor generate`'s
 

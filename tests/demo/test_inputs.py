@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from demo.inputs import (box_from_corners, check_box, click_to_pixel, collage_picture, format_box, outline,
+from demo.inputs import (box_from_corners, check_box, click_to_pixel, format_box, outline,
                          painted_mask, parse_box, preview_scale, reference_mask, to_preview)
+from src.collage import collage_picture
 
 
 @pytest.mark.parametrize("text", ["10 20 30 40", "10,20,30,40", "[10, 20, 30, 40]", " (10 20, 30 40) "])

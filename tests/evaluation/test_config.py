@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluation.config import (EVAL_MODULES, TRAINING_MODULES, ConfigError, build_training_module,
-                               check_class_paths, load_settings)
+from evaluation.config import EVAL_MODULES, ConfigError, check_class_paths, load_settings
 from evaluation.methods import BackgroundFill, FromFolder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +27,6 @@ def test_allowlist_refuses_everything_else(path):
 def test_allowlist_accepts_the_projects_classes():
     check_class_paths({"a": {"class_path": "evaluation.identity.DinoScorer"}, "b": [{"class_path": "evaluation.methods.CopyPaste"}]},
                       EVAL_MODULES, "x")
-    check_class_paths({"model": {"class_path": "models.anydoor_module.AnyDoorModule"}}, TRAINING_MODULES, "x")
 
 
 def test_settings_are_validated_and_built(tmp_path):
@@ -60,15 +58,6 @@ def test_model_settings_reach_model_methods_only(tmp_path):
     assert settings.methods["m"].init_args.device == "cpu" and "steps" not in settings.methods["f"].init_args
 
 
-def test_training_config_with_foreign_class_is_refused_and_not_run(tmp_path):
-    marker = tmp_path / "PWNED"
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"model": {"class_path": "subprocess.run", "init_args": {"args": ["touch", str(marker)]}}}))
-    with pytest.raises(ConfigError, match=r"config.yaml: model: class_path 'subprocess.run' refused"):
-        build_training_module(config)
-    assert not marker.exists()
-
-
 def test_eval_on_an_untrusted_run_folder(job_folder, tmp_path):
     """`anydoor eval --run DIR` where DIR/config.yaml names `subprocess.run`: one line naming the file,
     exit status 1, nothing executed (it used to run the command)."""
@@ -86,8 +75,7 @@ def test_eval_on_an_untrusted_run_folder(job_folder, tmp_path):
                        cwd=ROOT, timeout=600)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == (
-        f"anydoor eval: {run / 'config.yaml'}: model: class_path 'subprocess.run' refused: only classes of models, "
-        "torch.optim are built from a config (configs and run folders are untrusted input)")
+        f"anydoor eval: {run / 'config.yaml'}: model class 'subprocess.run' is not an AnyDoorModule of this project")
     assert not marker.exists()
     # the same in the eval config itself
     cfg.write_text(yaml.safe_dump({"methods": {"x": {"class_path": "subprocess.run", "init_args": {"args": ["touch", str(marker)]}}}}))

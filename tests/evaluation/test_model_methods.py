@@ -73,28 +73,29 @@ def test_untrained_and_checkpointed_module(tiny_config, prepared, tmp_path, job_
 def test_a_job_files_seed_sets_the_noise(prepared):
     from dataclasses import replace
 
-    from models.pipeline import random_pipeline
+    from tests.fakes import tiny_pipeline
 
-    method = PipelineMethod(random_pipeline("tiny"), steps=1, guidance=1.0)
+    method = PipelineMethod(tiny_pipeline(), steps=1, guidance=1.0)
     same = [replace(prepared[0], seed=5), replace(prepared[0], seed=5, name="renamed"), replace(prepared[0], seed=6)]
     out = method(same)
     assert torch.equal(out[0], out[1]) and not torch.allclose(out[0], out[2])  # the seed, not the name, decides
 
 
 def test_eval_cli_prints_the_resolved_sampler(job_folder, tmp_path, capsys):
-    from models.pipeline import random_pipeline
+    from models.pipeline import AnyDoorPipeline
     from src.cli.main import main
+    from tests.fakes import tiny_pipeline
 
-    random_pipeline("tiny").save_pretrained(tmp_path / "model")
+    AnyDoorPipeline(**tiny_pipeline().components).save_pretrained(tmp_path / "model")  # recommends nothing
     assert main(["eval", "--jobs", str(job_folder), "--model", f"tiny={tmp_path / 'model'}", "--steps", "1",
                  "--no-baselines", "--out", str(tmp_path / "out"), "--grid-rows", "0"]) == 0
-    assert f"tiny: sampling ddim, 1 step(s), guidance 5 ({tmp_path / 'model'})" in capsys.readouterr().err
+    assert f"tiny: sampling dpm, 1 step(s), guidance 5 ({tmp_path / 'model'})" in capsys.readouterr().err  # the fallback
 
 
 def test_unreadable_and_code_carrying_checkpoints_are_refused(tmp_path):
     import os
 
-    from evaluation.methods import read_checkpoint
+    from models.components.weights import read_training_checkpoint as read_checkpoint
 
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.ckpt: not a readable checkpoint"):

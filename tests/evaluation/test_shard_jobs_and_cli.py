@@ -79,9 +79,9 @@ def test_run_placeholder_points_every_setting_at_one_run(tmp_path, job_folder):
 def test_generate_then_eval_one_job_file(job_folder, tmp_path, capsys):
     """The shared schema end to end: `generate --jobs F --out-dir G` writes <name>.png, which
     `eval --jobs F --generated G` scores (the composited full images, cut to each job's crop)."""
-    from models.pipeline import random_pipeline
+    from tests.fakes import tiny_pipeline
 
-    random_pipeline("tiny").save_pretrained(tmp_path / "model")
+    tiny_pipeline().save_pretrained(tmp_path / "model")
     assert main(["generate", "--jobs", str(job_folder / "jobs.json"), "--model", str(tmp_path / "model"), "--steps", "1",
                  "--out-dir", str(tmp_path / "gen")]) == 0
     assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["job0.png", "job1.png", "job2.png"]

@@ -151,7 +151,6 @@ def test_diffusers_generic_loader(saved, tmp_path, monkeypatch):
 def test_sampling_settings_precedence(pipe):
     assert pipe.sampling_settings() == FALLBACK_SAMPLING == ("dpm", 20, 5.0)  # one fallback for every entry point
     assert pipe.sampling_settings("ddim") == ("ddim", 50, 5.0)
-    assert pipe.sampling_settings(default_scheduler="ddim") == FALLBACK_SAMPLING  # legacy argument, ignored
     rec = AnyDoorPipeline(**pipe.components, sampling={"scheduler": "ddim", "steps": 1, "guidance": 1.0})
     assert rec.sampling_settings() == ("ddim", 1, 1.0)
     assert rec.sampling_settings("dpm") == ("dpm", 20, 1.0)  # its step count is for its own sampler

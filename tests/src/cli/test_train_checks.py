@@ -128,9 +128,9 @@ def test_parse_errors_are_two_lines_and_options_are_not_abbreviated(monkeypatch,
         "error: unknown option --trainer.max_step (did you mean --trainer.max_steps or --trainer.max_time or "
         "--trainer.min_steps?)",
         "(`lightning fit --help` lists the options)"]
-    code, err = run_main(monkeypatch, capsys, "fit", "--config", tiny, "--model.init_args.lrr", "0.1")
+    code, err = run_main(monkeypatch, capsys, "fit", "--config", tiny, "--model.init_args.sample_step", "2")
     assert (code, err.splitlines()[0]) == (
-        2, "error: model.init_args.lrr: not an option of models.anydoor_module.AnyDoorModule (did you mean lr?)")
+        2, "error: model.init_args.sample_step: not an option of models.anydoor_module.AnyDoorModule (did you mean sample_steps or val_sample_steps?)")
     code, err = run_main(monkeypatch, capsys, "fit", "--config", tiny, "--trainer.precision", "17")
     assert code == 2 and len(err.splitlines()) == 2
     assert err.startswith("error: trainer.precision: expected one of 64, 32, 16, 'transformer-engine',")
