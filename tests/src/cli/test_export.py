@@ -52,7 +52,7 @@ def test_export_refuses_other_files_with_one_line(tmp_path, capsys):
     shutil.copy(ckpt, tmp_path / "copy.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, tmp_path / "authors.ckpt")
-    for path, reason in [(tmp_path / "junk.ckpt", "weights_only"), (tmp_path / "authors.ckpt", "does not fit"),
+    for path, reason in [(tmp_path / "junk.ckpt", "not a readable checkpoint"), (tmp_path / "authors.ckpt", "does not fit"),
                          (tmp_path / "missing.ckpt", "does not exist")]:
         assert main(["export", str(path), "--out", str(tmp_path / "x"), "--config", str(run / "config.yaml")]) == 1
         err = capsys.readouterr().err.strip()
