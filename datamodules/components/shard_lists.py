@@ -110,7 +110,9 @@ def parse_spec(text: str) -> str | list[str] | dict[str, list[str] | str]:
 
 
 def _source_of(url: str) -> str:
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    """The file name before its last ``-``; in a ``pipe:`` command, that of the word naming a ``.tar``."""
+    words = [w for w in url.split() if ".tar" in w]
+    name = (words[-1] if words else url).rstrip("/").rsplit("/", 1)[-1]
     name = re.sub(r"\.tar$", "", name)
     return name.rsplit("-", 1)[0] if "-" in name else name
 
