@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +30,7 @@ from datamodules.components.shard_lists import resolve
 from datamodules.components.stream_loader import StreamLoader
 from datamodules.components.streams import Plan, SlotStart, TrainStream
 
+ROOT = Path(__file__).resolve().parents[2]
 EPOCH = 6  # batches per epoch (12 samples in batches of 2, whatever the worker count)
 
 
@@ -180,3 +186,23 @@ def test_validation_loader_strips_records_and_the_loader_state_is_empty_without_
     assert state["epoch"] == 0 and state["batches"] == 3 and len(state["ranks"]) == 1
     with pytest.raises(ValueError, match="version"):
         loader.load_state_dict(dict(state, version=0))
+
+
+def ddp_fit(shards, out, steps: int, every: int | None = None, ckpt: str | None = None) -> list[list[str]]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    args = [str(shards), str(out), str(steps), str(every) if every else "-"] + ([ckpt] if ckpt else [])
+    proc = subprocess.run([sys.executable, "-m", "tests.datamodules.ddp_resume_run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_ranks_with_two_workers_each_resume_exactly(synthetic_shards, tmp_path):
+    whole = ddp_fit(synthetic_shards, tmp_path / "whole", EPOCH + 3)
+    assert not set(whole[0]) & set(whole[1])  # ranks read different shards
+    ddp_fit(synthetic_shards, tmp_path / "stopped", 3, every=3)
+    resumed = ddp_fit(synthetic_shards, tmp_path / "resumed", EPOCH + 3, ckpt=checkpoint(tmp_path / "stopped", 3))
+    for rank in (0, 1):
+        assert resumed[rank] == whole[rank][3:]
