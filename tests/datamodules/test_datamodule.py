@@ -233,3 +233,20 @@ def test_a_source_of_empty_shards_stops_with_an_error(tmp_path):
     stream = TrainStream({"empty": [str(tmp_path / "empty-000000.tar")]}, {"empty": 1}, PairBuilder(image_size=S, reference_size=R))
     with pytest.raises(RuntimeError, match="not one sample"):
         next(iter(stream))
+
+
+def test_in_process_batches_equal_worker_batches_and_reused_buffers_never_change_a_kept_batch(synthetic_shards):
+    """num_workers 0 and 1 run the same slot: the in-process collate (reused numpy buffers) and the
+    worker's (shared memory) must give the same batches, whether the consumer keeps them or not."""
+    def loader(workers):
+        return AnyDoorDataModule(str(synthetic_shards), batch_size=3, num_workers=workers, image_size=S, reference_size=R,
+                                 samples_per_epoch=15).train_dataloader()
+
+    def digest(batch):
+        return [(k, v.dtype, tuple(v.shape), v.numpy().tobytes()) for k, v in sorted(batch.items())]
+
+    kept = list(loader(0))  # every batch held: no buffer may be reused
+    streamed = [digest(b) for b in loader(0)]  # each batch dropped at once: buffers are reused
+    in_worker = [digest(b) for b in loader(1)]
+    assert len(kept) == 5 and [digest(b) for b in kept] == streamed == in_worker
+    assert len({b["target"].data_ptr() for b in kept}) == 5
