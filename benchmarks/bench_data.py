@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tune glibc malloc here and in workers (default: when the code under test has tune_malloc)")
     parser.add_argument("--only", choices=["decode", "pairs", "loader", "workers"], action="append",
                         help="run only these measurements (repeatable)")
+    parser.add_argument("--stats", type=int, metavar="N",
+                        help="instead of timing: statistics of N training pairs (crop/box geometry, kinds, mask channel)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     parser.add_argument("--against", help="A/B: another checkout whose datamodules to measure alternately with this one")
     parser.add_argument("--repeat", type=int, default=3, help="A/B rounds (with --against)")
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from datamodules.components.shard_format import decode_frame, decode_mask_crop
     from datamodules.components.shard_lists import resolve
 
+    if args.stats:
+        return pair_stats(args, AnyDoorDataModule)
     has_tuning = hasattr(streams, "tune_malloc")
     tune = has_tuning if args.tune_allocator is None else args.tune_allocator
     if tune and not has_tuning:
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shards: {args.shards} ({sum(len(v) for v in sources.values())} shards, {sum(counts.values())} samples, "
           f"frames {meta['size'][1]}x{meta['size'][0]}); crops {args.image_size} px, reference {args.reference_size} px, "
           f"batch {args.batch_size}")
+    print(f"{'':<46} samples per wall second, per CPU second, minor page faults per sample")
     results: dict[str, dict] = {}
     samples = list(wds.WebDataset(urls, shardshuffle=False))
     rng = np.random.default_rng(0)
@@ -170,6 +175,43 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         print(json.dumps({"code": os.path.dirname(datamodules.__file__), "tuned": tune, "load": os.getloadavg()[0], **results}))
+    return 0
+
+
+def pair_stats(args: argparse.Namespace, datamodule: type) -> int:
+    """Distribution of training pairs: shows that a change of random stream left the pairs' statistics as they were."""
+    import numpy as np
+    import torch
+
+    dm = datamodule(args.shards, batch_size=args.batch_size, num_workers=0, image_size=args.image_size,
+                    reference_size=args.reference_size, samples_per_epoch=args.stats)
+    rows: dict[str, list] = {k: [] for k in ("video", "box_w", "box_h", "box_cx", "box_cy", "object", "mask_is_box",
+                                             "padding", "ref_white", "target_mean")}
+    size = args.image_size
+    for b in dm.train_dataloader():
+        box = b["box"].double() / size
+        rows["video"] += (b["kind"] == 0).tolist()
+        rows["box_w"] += (box[:, 2] - box[:, 0]).tolist()
+        rows["box_h"] += (box[:, 3] - box[:, 1]).tolist()
+        rows["box_cx"] += ((box[:, 0] + box[:, 2]) / 2).tolist()
+        rows["box_cy"] += ((box[:, 1] + box[:, 3]) / 2).tolist()
+        rows["object"] += b["object_mask"].mean(dim=(1, 2, 3)).tolist()
+        channel = b["collage"][:, 3]
+        for c, (x1, y1, x2, y2) in zip(channel, b["box"].tolist()):
+            inside = torch.zeros_like(c, dtype=torch.bool)
+            inside[y1:y2, x1:x2] = True
+            rows["mask_is_box"].append(bool(((c == 1) == inside)[c >= 0].all()))
+        rows["padding"] += (channel == -1).float().mean(dim=(1, 2)).tolist()
+        rows["ref_white"] += (b["reference"] == 1).all(dim=1).float().mean(dim=(1, 2)).tolist()
+        rows["target_mean"] += b["target"].mean(dim=(1, 2, 3)).tolist()
+    print(f"{len(rows['video'])} pairs; mean, std, quartiles")
+    out = {}
+    for k, v in rows.items():
+        a = np.asarray(v, dtype=np.float64)
+        out[k] = [float(a.mean()), float(a.std()), *map(float, np.percentile(a, [25, 50, 75]))]
+        print(f"  {k:<12} {out[k][0]:7.4f} {out[k][1]:7.4f}   {out[k][2]:7.4f} {out[k][3]:7.4f} {out[k][4]:7.4f}")
+    if args.json:
+        print(json.dumps(out))
     return 0
 
 

@@ -170,7 +170,7 @@ class StreamLoader(torch.utils.data.DataLoader):
             return fresh
         ds, workers = self.dataset, self.dataset.workers
         if state["layout"] != ds.layout() or len(rows) != world:
-            changed = {k_: (state["layout"].get(k_), v) for k_, v in ds.layout().items() if state["layout"].get(k_) != v}
+            changed = {key: (state["layout"].get(key), v) for key, v in ds.layout().items() if state["layout"].get(key) != v}
             log.warning("data: the checkpoint's data stream cannot be continued exactly (changed: %s); epoch %d goes on "
                         "from batch %d with fresh sample orders", changed or {"ranks": (len(rows), world)}, epoch, k)
             self._run.add(0, sum(s["inputs"] for s in slots), [sum(c) for c in zip(*skipped)], epochs=0)
