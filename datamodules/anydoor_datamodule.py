@@ -28,7 +28,7 @@ class AnyDoorDataModule(L.LightningDataModule):
             ("by dataset length", as the reference), or equal when unknown. Unlisted sources get 0.
         batch_size / num_workers: per rank.
         image_size: target crop side S; reference_size: DINOv2 input side.
-        samples_per_epoch: training samples per epoch over all ranks (``with_epoch``).
+        samples_per_epoch: training samples per epoch over all ranks (rounded up to whole batches per worker).
         val_samples: cap on validation samples (None: all).
         seed: base seed; each (rank, worker) stream orders its samples from (seed, epoch, rank,
             worker) and builds the pair of its i-th sample from (seed, epoch, rank, worker, i).
