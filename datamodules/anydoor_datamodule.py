@@ -9,7 +9,7 @@ import torch
 
 from datamodules.components.pairs import PairBuilder
 from datamodules.components.shard_lists import ShardSpec, resolve
-from datamodules.components.stream_loader import StreamLoader
+from datamodules.components.stream_loader import StreamLoader, report
 from datamodules.components.streams import TrainStream, ValStream
 
 log = logging.getLogger(__name__)
@@ -113,4 +113,4 @@ class AnyDoorDataModule(L.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         if stage == "fit" and self._train_loader is not None:
-            log.info("data: training run ends: %s", self._train_loader.report_run())
+            report(logging.INFO, "data: training run ends: %s", self._train_loader.report_run())

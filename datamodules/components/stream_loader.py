@@ -22,6 +22,7 @@ the loader has handed out is exactly what training has consumed. From that:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,6 +68,15 @@ class _Run:
     def add(self, pairs: int, inputs: int, skipped: list[int], epochs: int = 1) -> None:
         self.epochs, self.pairs, self.inputs = self.epochs + epochs, self.pairs + pairs, self.inputs + inputs
         self.skipped = [a + b for a, b in zip(self.skipped, skipped)]
+
+
+def report(level: int, msg: str, *args: Any) -> None:
+    """Log a report line; where nothing is configured to show it (a plain ``lightning fit`` sets up
+    no logging for this package, so INFO would be dropped), print it to stderr instead."""
+    if log.hasHandlers():
+        log.log(level, msg, *args)
+    else:
+        print(msg % args, file=sys.stderr, flush=True)
 
 
 def describe(pairs: int, inputs: int, skipped: list[int]) -> str:
@@ -137,7 +147,8 @@ class StreamLoader(torch.utils.data.DataLoader):
                         self._epoch_done(current)
                 yield batch
             if not isinstance(self.dataset, TrainStream) and sum(current.skip_counts()):
-                log.warning("data: %s%s pass: %s", self._who(), self.name, describe(current.pairs, sum(current.inputs), current.skip_counts()))
+                report(logging.WARNING, "data: %s%s pass: %s", self._who(), self.name,
+                       describe(current.pairs, sum(current.inputs), current.skip_counts()))
         finally:
             self._live.remove(current)
             self._last = current
@@ -171,7 +182,7 @@ class StreamLoader(torch.utils.data.DataLoader):
         ds, workers = self.dataset, self.dataset.workers
         if state["layout"] != ds.layout() or len(rows) != world:
             changed = {key: (state["layout"].get(key), v) for key, v in ds.layout().items() if state["layout"].get(key) != v}
-            log.warning("data: the checkpoint's data stream cannot be continued exactly (changed: %s); epoch %d goes on "
+            report(logging.WARNING, "data: the checkpoint's data stream cannot be continued exactly (changed: %s); epoch %d goes on "
                         "from batch %d with fresh sample orders", changed or {"ranks": (len(rows), world)}, epoch, k)
             self._run.add(0, sum(s["inputs"] for s in slots), [sum(c) for c in zip(*skipped)], epochs=0)
             left = max(0, len(ds) - k)
@@ -180,8 +191,8 @@ class StreamLoader(torch.utils.data.DataLoader):
         q = ds.batches_per_slot
         starts = tuple(SlotStart(int(slots[s]["inputs"]), skipped[s], q - max(0, (k - s + workers - 1) // workers))
                        for s in range(workers))
-        log.info("data: resuming epoch %d after batch %d: each slot skips the samples it had read (%s) without decoding them",
-                 epoch, k, ", ".join(str(s.inputs) for s in starts))
+        report(logging.INFO, "data: resuming epoch %d after batch %d: each slot skips the samples it had read (%s) without "
+               "decoding them", epoch, k, ", ".join(str(s.inputs) for s in starts))
         return Plan(epoch, k % workers, 0, starts), self._new_pass(epoch, k, starts)
 
     # ---- reports ----
@@ -193,7 +204,7 @@ class StreamLoader(torch.utils.data.DataLoader):
     def _epoch_done(self, done: _Pass) -> None:
         skipped = done.skip_counts()
         self._run.add(done.pairs, sum(done.inputs), skipped)
-        log.info("data: %sepoch %d done: %s", self._who(), done.epoch, describe(done.pairs, sum(done.inputs), skipped))
+        report(logging.INFO, "data: %sepoch %d done: %s", self._who(), done.epoch, describe(done.pairs, sum(done.inputs), skipped))
         trainer = self._trainer()
         for logger in getattr(trainer, "loggers", None) or []:
             metrics = {"data/skipped": float(sum(skipped))} | {f"data/skipped_{r}": float(n) for r, n in zip(SKIP_REASONS, skipped) if n}

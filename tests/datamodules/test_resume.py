@@ -206,3 +206,16 @@ def test_two_ranks_with_two_workers_each_resume_exactly(synthetic_shards, tmp_pa
     resumed = ddp_fit(synthetic_shards, tmp_path / "resumed", EPOCH + 3, ckpt=checkpoint(tmp_path / "stopped", 3))
     for rank in (0, 1):
         assert resumed[rank] == whole[rank][3:]
+
+
+def test_report_lines_reach_stderr_where_no_logging_is_configured(monkeypatch, capsys, caplog):
+    """A plain `lightning fit` configures no handler for this package: INFO would be dropped."""
+    from datamodules.components import stream_loader
+
+    monkeypatch.setattr(stream_loader.log, "hasHandlers", lambda: False)
+    stream_loader.report(logging.INFO, "data: epoch %d done: %s", 3, "x")
+    assert "data: epoch 3 done: x" in capsys.readouterr().err
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="datamodules"):
+        stream_loader.report(logging.INFO, "data: epoch %d done: %s", 4, "y")
+    assert "data: epoch 4 done: y" in caplog.text and "epoch 4" not in capsys.readouterr().err
