@@ -51,8 +51,9 @@ bench: bench-data bench-train bench-infer  ## run every benchmark
 $(DATA)/bench/manifest.json: | $(STAMP)
 	$(VENV)/bin/anydoor shards synthetic --out $(DATA)/bench --seed 2000 --videos 24 --images 24 --frames 12 --frame-size 1280x720
 
-bench-data: $(DATA)/bench/manifest.json  ## data loader samples/s per core and with workers (512 px crops from 1280x720 frames)
-	$(PY) -m benchmarks.bench_data --shards $(DATA)/bench
+# AGAINST=DIR: A/B against another checkout's loader (REPEAT rounds, alternating, separate processes).
+bench-data: $(DATA)/bench/manifest.json  ## loader samples/s per CPU-second and page faults: decode, pairs, whole loader, workers
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.bench_data --shards $(DATA)/bench $(if $(AGAINST),--against $(AGAINST) --repeat $(or $(REPEAT),3))
 
 bench-train: $(STAMP)  ## training step time of the tiny default on CPU
 	OMP_NUM_THREADS=$(TRAIN_THREADS) $(PY) -m benchmarks.bench_train

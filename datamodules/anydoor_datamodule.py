@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import lightning as L
 import torch
 
 from datamodules.components.pairs import PairBuilder
+from datamodules.components.shard_lists import ShardSpec, resolve
+from datamodules.components.stream_loader import StreamLoader, report
 from datamodules.components.streams import TrainStream, ValStream
-from datamodules.components.shard_lists import resolve
 
 log = logging.getLogger(__name__)
 
@@ -20,22 +20,31 @@ class AnyDoorDataModule(L.LightningDataModule):
 
     Args:
         train_shards: a folder written by ``anydoor shards`` (or its manifest), a list of
-            folders/URLs/brace patterns, or a dict ``source -> list of URLs``.
+            folders/URLs/brace patterns, or a dict ``source -> list of URLs``. A string written as a
+            list or mapping (``"[a, b-{000..009}.tar]"``, ``"{sav: [...]}"``, as typed on the command
+            line) is read as one, brace patterns and all (``shard_lists.parse_spec``).
         val_shards: the same forms; every sample once per epoch, same pairs every epoch.
         source_weights: ``source -> weight`` for mixing; default: the manifests' sample counts
             ("by dataset length", as the reference), or equal when unknown. Unlisted sources get 0.
         batch_size / num_workers: per rank.
         image_size: target crop side S; reference_size: DINOv2 input side.
-        samples_per_epoch: training samples per epoch over all ranks (``with_epoch``).
+        samples_per_epoch: training samples per epoch over all ranks (rounded up to whole batches per worker).
         val_samples: cap on validation samples (None: all).
-        seed: base seed; workers draw from (seed, epoch, rank, worker).
+        seed: base seed; each (rank, worker) stream orders its samples from (seed, epoch, rank,
+            worker) and builds the pair of its i-th sample from (seed, epoch, rank, worker, i).
         shuffle_buffer: samples held per source for shuffling across shards.
+        tune_allocator: keep per-sample buffers in the heap (``streams.tune_malloc``) in every
+            loader worker, and in this process when ``num_workers=0``.
+
+    The training loader is stateful: Lightning checkpoints its position, and a run resumed with
+    ``ckpt_path`` continues the data stream where it stopped (``stream_loader``). Skipped samples
+    are reported by reason at the end of every epoch and of ``fit``.
     """
 
     def __init__(
         self,
-        train_shards: str | list[str] | dict[str, Any] | None = None,
-        val_shards: str | list[str] | dict[str, Any] | None = None,
+        train_shards: ShardSpec = None,
+        val_shards: ShardSpec = None,
         source_weights: dict[str, float] | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
@@ -47,6 +56,7 @@ class AnyDoorDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         augment: bool = True,
         pin_memory: bool = False,
+        tune_allocator: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -54,7 +64,8 @@ class AnyDoorDataModule(L.LightningDataModule):
         self.source_weights = source_weights
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.val_samples, self.seed = samples_per_epoch, val_samples, seed
-        self.shuffle_buffer, self.pin_memory = shuffle_buffer, pin_memory
+        self.shuffle_buffer, self.pin_memory, self.tune_allocator = shuffle_buffer, pin_memory, tune_allocator
+        self._train_loader: StreamLoader | None = None
         self.train_builder = PairBuilder(image_size=image_size, reference_size=reference_size, augment=augment)
         self.val_builder = PairBuilder(image_size=image_size, reference_size=reference_size, augment=False)
 
@@ -75,7 +86,7 @@ class AnyDoorDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.world_size) if trainer is not None else 1
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
+    def train_dataloader(self) -> StreamLoader:
         if self.train_shards is None:
             raise ValueError("AnyDoorDataModule: train_shards is not set")
         sources, counts = resolve(self.train_shards)
@@ -85,21 +96,21 @@ class AnyDoorDataModule(L.LightningDataModule):
         dataset = TrainStream(sources, weights, self.train_builder, seed=self.seed, samples_per_epoch=self.samples_per_epoch,
                               batch_size=self.batch_size, num_workers=self.num_workers, world_size=self._world_size(),
                               shuffle_buffer=self.shuffle_buffer)
-        return self._loader(dataset, persistent=True)
+        self._train_loader = self._loader(dataset, "train")
+        return self._train_loader
 
-    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
+    def val_dataloader(self) -> StreamLoader | list:
         if self.val_shards is None:
             return []
         sources, _ = resolve(self.val_shards)
         urls = [u for s in sorted(sources) for u in sources[s]]
-        return self._loader(ValStream(urls, self.val_builder, seed=self.seed, limit=self.val_samples), persistent=False)
+        dataset = ValStream(urls, self.val_builder, seed=self.seed, limit=self.val_samples, batch_size=self.batch_size)
+        return self._loader(dataset, "validation")
 
-    def _loader(self, dataset: torch.utils.data.IterableDataset, persistent: bool) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            # training workers must persist: the epoch counter (part of their seed) lives in them
-            persistent_workers=persistent and self.num_workers > 0,
-            pin_memory=self.pin_memory,
-        )
+    def _loader(self, dataset: torch.utils.data.IterableDataset, name: str) -> StreamLoader:
+        return StreamLoader(dataset, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            tune_allocator=self.tune_allocator, trainer_fn=lambda: self.trainer, name=name)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self._train_loader is not None:
+            report(logging.INFO, "data: training run ends: %s", self._train_loader.report_run())

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from datamodules.components.shard_format import decode_frame, decode_mask_crop
+from datamodules.components.shard_format import SampleError, decode_frame, decode_mask_crop
 from src.conditioning import prepare_reference, prepare_target
 from src.geometry import mask_to_box
 from src.constants import KIND_INDEX
@@ -65,10 +65,10 @@ def load_view(sample: dict, meta: dict, i: int, reduce: int, crop_to_box: bool =
     x1, y1, x2, y2 = meta["boxes"][i]
     crop = decode_mask_crop(sample, i)
     if crop.shape != (y2 - y1, x2 - x1):
-        raise ValueError(f"{sample.get('__key__')}: mask {i} is {crop.shape[1]}x{crop.shape[0]}, its box {x2 - x1}x{y2 - y1}")
+        raise SampleError("size_mismatch", f"{sample.get('__key__')}: mask {i} is {crop.shape[1]}x{crop.shape[0]}, its box {x2 - x1}x{y2 - y1}")
     image = decode_frame(sample, i, reduce)
     if reduce == 1 and image.shape[:2] != (h, w):
-        raise ValueError(f"{sample.get('__key__')}: frame {i} is {image.shape[1]}x{image.shape[0]}, metadata says {w}x{h}")
+        raise SampleError("size_mismatch", f"{sample.get('__key__')}: frame {i} is {image.shape[1]}x{image.shape[0]}, metadata says {w}x{h}")
     sy, sx = image.shape[0] / h, image.shape[1] / w
     bx1, by1 = int(math.floor(x1 * sx)), int(math.floor(y1 * sy))
     bx2, by2 = max(bx1 + 1, min(image.shape[1], int(math.ceil(x2 * sx)))), max(by1 + 1, min(image.shape[0], int(math.ceil(y2 * sy))))
@@ -101,17 +101,20 @@ class PairBuilder:
     def pick_frames(self, meta: dict, rng: np.random.Generator) -> tuple[int, int]:
         n = len(meta["boxes"])
         if n == 0:
-            raise ValueError("sample has no frames")
+            raise SampleError("bad_metadata", "sample has no frames")
         if meta.get("kind") == "image" or n == 1:
             return 0, 0
         i, j = rng.choice(n, size=2, replace=False)
         return int(i), int(j)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        meta = json.loads(sample["json"])
-        kind = meta.get("kind", "video")
+        try:
+            meta = json.loads(sample["json"])
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            raise SampleError("bad_metadata", f"{sample.get('__key__')}: json: {e}") from e
+        kind = meta.get("kind", "video") if isinstance(meta, dict) else None
         if kind not in KIND_INDEX:
-            raise ValueError(f"unknown kind {kind!r}")
+            raise SampleError("bad_metadata", f"{sample.get('__key__')}: unknown kind {kind!r}")
         i, j = self.pick_frames(meta, rng)
         h, w = meta["size"]
         rb, tb = meta["boxes"][i], meta["boxes"][j]

@@ -84,6 +84,14 @@ def encode_sample(obj: ObjectSample, max_side: int | None = None, quality: int =
 
 # ---- loader side (reads our own shards; fast OpenCV paths) ----
 
+class SampleError(ValueError):
+    """A shard sample the loader cannot use, with a ``reason`` from ``datamodules.components.streams.SKIP_REASONS``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 _RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB (saves a cvtColor)
 _REDUCED = {1: 0, 2: 16, 4: 32, 8: 64}  # the IMREAD_REDUCED_* bits
 
@@ -97,7 +105,7 @@ def decode_frame(sample: dict, i: int, reduce: int = 1) -> np.ndarray:
         bgr = cv2.imdecode(data, _REDUCED[reduce] | cv2.IMREAD_COLOR)
         rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if rgb is None:
-        raise ValueError(f"{sample.get('__key__')}: frame {i} JPEG does not decode")
+        raise SampleError("corrupt_image", f"{sample.get('__key__')}: frame {i} JPEG does not decode")
     return rgb
 
 
@@ -105,7 +113,7 @@ def decode_mask_crop(sample: dict, i: int) -> np.ndarray:
     """The object's mask inside its box (bool), as stored."""
     png = cv2.imdecode(np.frombuffer(sample[f"{i:03d}.png"], np.uint8), cv2.IMREAD_GRAYSCALE)
     if png is None:
-        raise ValueError(f"{sample.get('__key__')}: mask {i} PNG does not decode")
+        raise SampleError("corrupt_mask", f"{sample.get('__key__')}: mask {i} PNG does not decode")
     return png > 127
 
 

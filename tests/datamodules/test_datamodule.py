@@ -1,4 +1,4 @@
-"""The datamodule's samples: contract (shapes, dtypes, ranges), collage geometry, splitting, seeding."""
+"""The datamodule's samples: contract (shapes, dtypes, ranges), collage geometry, splitting, seeding, skips."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import webdataset as wds
 from datamodules.anydoor_datamodule import AnyDoorDataModule
 from datamodules.components import streams
 from datamodules.components.pairs import PairBuilder
-from datamodules.components.streams import SkipCounter, TrainStream, ValStream
+from datamodules.components.shard_format import SampleError
 from datamodules.components.shard_lists import resolve
+from datamodules.components.stream_loader import StreamLoader
+from datamodules.components.streams import STREAM_KEY, Plan, SkipCounter, TrainStream, ValStream
 from src.constants import KINDS
 
 S, R = 64, 56  # small crops keep the tests fast; the geometry is the same as at 512/224
@@ -81,6 +83,11 @@ def test_collage_box_agrees_with_mask_channel(synthetic_shards):
     assert 0 < sum(shapes) < len(shapes)
 
 
+def pairs_of(dataset, **kwargs) -> list[dict]:
+    """Every batch a pass over ``dataset`` gives, through the loader the datamodule uses."""
+    return list(StreamLoader(dataset, **kwargs))
+
+
 def urls_seen(stream, n=24) -> set[str]:
     seen = set()
     builder = stream.builder
@@ -107,7 +114,7 @@ def test_two_ranks_get_disjoint_shards(synthetic_shards, monkeypatch):
 
 
 def first_references(stream, n=4) -> torch.Tensor:
-    return torch.stack([b["reference"] for b in itertools.islice(iter(stream), n)])
+    return torch.cat([b["reference"] for b in itertools.islice(iter(stream), n)])
 
 
 def test_workers_draw_distinct_reproducible_streams(synthetic_shards, monkeypatch):
@@ -121,21 +128,23 @@ def test_workers_draw_distinct_reproducible_streams(synthetic_shards, monkeypatc
     assert not torch.equal(refs[0], refs[1])  # distinct seeds per worker
     assert torch.equal(refs[0], refs[2])  # reproducible from (seed, epoch, rank, worker)
     stream = TrainStream(one, {"synthetic_video": 1}, builder, num_workers=2, shuffle_buffer=2)
-    assert not torch.equal(first_references(stream), first_references(stream))  # the next epoch differs
+    first = first_references(stream)
+    stream.plan = Plan(epoch=1)
+    assert not torch.equal(first, first_references(stream))  # the next epoch differs
 
 
 def test_validation_is_deterministic_and_split(synthetic_shards, monkeypatch):
     sources, _ = resolve(str(synthetic_shards))
     urls = [u for v in sources.values() for u in v]
     builder = PairBuilder(image_size=S, reference_size=R, augment=False)
-    a, b = list(ValStream(urls, builder)), list(ValStream(urls, builder))
+    a, b = pairs_of(ValStream(urls, builder)), pairs_of(ValStream(urls, builder))
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
-        assert all(torch.equal(x[k], y[k]) for k in x)
+        assert STREAM_KEY not in x and all(torch.equal(x[k], y[k]) for k in x)
     parts = []
     for rank in (0, 1):
         fake_worker(monkeypatch, rank=rank, world=2)
-        parts.append(list(ValStream(urls, builder)))
+        parts.append(pairs_of(ValStream(urls, builder)))
     assert len(parts[0]) + len(parts[1]) == len(a)
     assert abs(len(parts[0]) - len(parts[1])) <= 1
 
@@ -158,9 +167,10 @@ def test_bad_samples_are_skipped_and_a_hopeless_stream_stops(synthetic_shards, t
         for s in (bad, good, bad):
             sink.write({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"})
     builder = PairBuilder(image_size=S, reference_size=R, augment=False)
-    out = list(ValStream([str(tmp_path / "mixed-000000.tar")], builder))
-    assert len(out) == 1
+    out = pairs_of(ValStream([str(tmp_path / "mixed-000000.tar")], builder, batch_size=2))
+    assert [len(b["kind"]) for b in out] == [1]
     assert "broken" in caplog.text
+    assert "validation pass: 1 pairs from 3 samples read, 2 skipped (corrupt_image 2)" in caplog.text
     with wds.TarWriter(str(tmp_path / "allbad-000000.tar"), encoder=False) as sink:
         sink.write({k: v for k, v in bad.items() if not k.startswith("__") or k == "__key__"})
     stream = TrainStream({"allbad": [str(tmp_path / "allbad-000000.tar")]}, {"allbad": 1}, builder, shuffle_buffer=1)
@@ -169,19 +179,31 @@ def test_bad_samples_are_skipped_and_a_hopeless_stream_stops(synthetic_shards, t
 
 
 def test_skip_counter_counts_reasons():
-    skips = SkipCounter(max_consecutive=3)
-    skips.skip("a", ValueError("x"))
+    skips = SkipCounter(max_consecutive=4)
+    skips.skip("a", SampleError("corrupt_mask", "x"))
     skips.ok()
-    skips.skip("b", KeyError("y"))
-    assert skips.counts == {"ValueError": 1, "KeyError": 1} and skips.consecutive == 1
+    skips.skip("b", KeyError("003.jpg"))
+    skips.skip("c", KeyError("boxes"))
+    skips.skip("d", ValueError("empty mask"))
+    assert {k: v for k, v in skips.counts.items() if v} == {"corrupt_mask": 1, "missing_file": 1, "bad_metadata": 1, "bad_pair": 1}
+    assert skips.consecutive == 3
+    with pytest.raises(RuntimeError, match="in a row"):
+        skips.tar_handler(OSError("truncated"))
+    assert skips.counts["unreadable_shard"] == 1
 
 
 def test_loader_with_worker_processes(synthetic_shards):
-    dm = AnyDoorDataModule(str(synthetic_shards), batch_size=2, num_workers=2, image_size=32, reference_size=32, samples_per_epoch=8)
+    dm = AnyDoorDataModule(str(synthetic_shards), str(synthetic_shards), batch_size=2, num_workers=2, image_size=32,
+                           reference_size=32, samples_per_epoch=8)
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 4
-    assert all(b["target"].shape == (2, 3, 32, 32) for b in batches)
+    assert all(b["target"].shape == (2, 3, 32, 32) and STREAM_KEY not in b for b in batches)
+    in_process = AnyDoorDataModule(str(synthetic_shards), batch_size=2, num_workers=0, image_size=32, reference_size=32,
+                                   samples_per_epoch=8)
+    assert len(list(in_process.train_dataloader())) == 4
+    total = json.loads((synthetic_shards / "manifest.json").read_text())["total_samples"]
+    assert sum(len(b["kind"]) for b in dm.val_dataloader()) == total  # split over two workers, each sample once
 
 
 def _rank_urls(rank: int, shards: str, out: str) -> None:
@@ -211,3 +233,20 @@ def test_a_source_of_empty_shards_stops_with_an_error(tmp_path):
     stream = TrainStream({"empty": [str(tmp_path / "empty-000000.tar")]}, {"empty": 1}, PairBuilder(image_size=S, reference_size=R))
     with pytest.raises(RuntimeError, match="not one sample"):
         next(iter(stream))
+
+
+def test_in_process_batches_equal_worker_batches_and_reused_buffers_never_change_a_kept_batch(synthetic_shards):
+    """num_workers 0 and 1 run the same slot: the in-process collate (reused numpy buffers) and the
+    worker's (shared memory) must give the same batches, whether the consumer keeps them or not."""
+    def loader(workers):
+        return AnyDoorDataModule(str(synthetic_shards), batch_size=3, num_workers=workers, image_size=S, reference_size=R,
+                                 samples_per_epoch=15).train_dataloader()
+
+    def digest(batch):
+        return [(k, v.dtype, tuple(v.shape), v.numpy().tobytes()) for k, v in sorted(batch.items())]
+
+    kept = list(loader(0))  # every batch held: no buffer may be reused
+    streamed = [digest(b) for b in loader(0)]  # each batch dropped at once: buffers are reused
+    in_worker = [digest(b) for b in loader(1)]
+    assert len(kept) == 5 and [digest(b) for b in kept] == streamed == in_worker
+    assert len({b["target"].data_ptr() for b in kept}) == 5
