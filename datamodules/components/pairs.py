@@ -17,12 +17,13 @@ import cv2
 import numpy as np
 
 from datamodules.components.shard_format import SampleError, decode_frame, decode_mask_crop
-from src.conditioning import prepare_reference, prepare_target
+from src.conditioning import (BOX_GROW_RANGE, CROP_GROW_RANGE, REFERENCE_GROW_RANGE, prepare_reference,
+                              prepare_target)
 from src.geometry import mask_to_box
 from src.constants import KIND_INDEX
 
 REDUCTIONS = (8, 4, 2, 1)
-MIN_CROP_GROW = 1.1 * 1.3  # smallest (box grow) x (crop grow) prepare_target can draw
+MIN_CROP_GROW = BOX_GROW_RANGE[0] * CROP_GROW_RANGE[0]  # smallest (box grow) x (crop grow) prepare_target can draw
 
 
 def reference_augment(rng: np.random.Generator, compose=None):
@@ -91,9 +92,9 @@ class PairBuilder:
     image_size: int = 512
     reference_size: int = 224
     augment: bool = True
-    reference_grow: tuple[float, float] = (1.1, 1.5)
-    box_grow: tuple[float, float] = (1.1, 1.2)
-    crop_grow: tuple[float, float] = (1.3, 3.0)
+    reference_grow: tuple[float, float] = REFERENCE_GROW_RANGE
+    box_grow: tuple[float, float] = BOX_GROW_RANGE
+    crop_grow: tuple[float, float] = CROP_GROW_RANGE
     mask_channel_prob: float = 0.7
     reduced_decode: bool = True
     _compose: object = field(default=None, init=False, repr=False)

@@ -58,8 +58,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
         f"model.init_args.sd_path: {sd / 'unet'}: no weights (diffusion_pytorch_model.safetensors)",
         f"model.init_args.sd_path: {sd / 'vae'}: no such folder",
         f"model.init_args.id_encoder.weights: {tmp_path / 'dino.pth'}: no such file",
-        f"data.init_args.train_shards: {tmp_path / 'train'}: 1 of 2 shard files missing, e.g. "
-        f"{tmp_path / 'train' / 'sav-000000.tar'}",
+        f"data.init_args.train_shards: {tmp_path / 'train'}: source 'sav': 1 of 2 shard files do not exist, e.g. "
+        f"{tmp_path / 'train' / 'sav-000000.tar'} (a shard folder is made by `anydoor shards`)",
         f"data.init_args.val_shards: {tmp_path / 'nothere'}: no such file or folder",
         f"ckpt_path: {tmp_path / 'last.ckpt'}: no such file",
     ]
@@ -78,8 +78,8 @@ def test_shard_sources_in_every_form(tmp_path, monkeypatch):
         "a list with a folder without shards": ([str(good), str(empty)], [
             f"data.init_args.train_shards: {empty}: no manifest.json and no .tar shards"]),
         "a mapping": ({"sav": [str(good / "sav-000000.tar")], "coco": str(tmp_path / "coco-{000000..000001}.tar")}, [
-            f"data.init_args.train_shards: {tmp_path / 'coco-{000000..000001}.tar'}: 2 of 2 shard files missing, "
-            f"e.g. {tmp_path / 'coco-000000.tar'}"]),
+            f"data.init_args.train_shards: {tmp_path / 'coco-{000000..000001}.tar'}: source 'coco': 2 of 2 shard files "
+            f"do not exist, e.g. {tmp_path / 'coco-000000.tar'} (a shard folder is made by `anydoor shards`)"]),
         "a list given as one string": (f"[{good}, {tmp_path / 'nothere'}]", [
             f"data.init_args.train_shards: {tmp_path / 'nothere'}: no such file or folder"]),
     }
