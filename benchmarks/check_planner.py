@@ -29,7 +29,7 @@ def measured_peak(config: dict[str, Any], setting: Setting) -> int:
 
     from benchmarks.full_model import build_module
 
-    module = build_module(config, "cpu", use_8bit_adam=False, ema_decay=None)
+    module = build_module(config, "cpu", ema_decay=None, **setting.module_options(config["model"]["init_args"].get("lora")))
     optimizer = make_optimizer(module)
     warm_optimizer(module, optimizer)
     set_checkpointing(module, setting.checkpointing)
@@ -39,7 +39,7 @@ def measured_peak(config: dict[str, Any], setting: Setting) -> int:
     reference_size = int(config["data"]["init_args"].get("reference_size", 224))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         batch = random_batch(setting.batch, setting.size, reference_size,
-                             num_timesteps=module.hparams.num_train_timesteps)
+                             num_timesteps=module.noise_scheduler.config.num_train_timesteps)
         train_step(module, optimizer, batch, setting.precision)
         del batch
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
@@ -52,7 +52,7 @@ def measured_peak(config: dict[str, Any], setting: Setting) -> int:
 
 
 def check(config: dict[str, Any], settings: list[Setting]) -> list[dict[str, Any]]:
-    rows, _ = plan(settings, config, block=1, log=lambda _: None)
+    rows = plan(settings, config, block=1, log=lambda _: None)
     out = []
     for s, row in zip(settings, rows):
         real = measured_peak(config, s)

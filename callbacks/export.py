@@ -21,13 +21,14 @@ def training_preprocessing(trainer: Trainer) -> Preprocessing:
 
 def write_model_folder(pl_module: LightningModule, out: str | Path, preprocessing: Preprocessing,
                        use_ema: bool = True) -> Path:
-    """``pl_module.to_pipeline()`` saved atomically at ``out`` (EMA weights when kept and ``use_ema``)."""
+    """``pl_module.to_pipeline(plain=True)`` saved atomically at ``out`` (EMA weights when kept and
+    ``use_ema``): an ordinary fp32 model folder, LoRA adapters merged into their layers."""
     from contextlib import nullcontext
 
     from src.files import atomic_dir
 
     with pl_module.ema_weights() if use_ema else nullcontext(), atomic_dir(out) as tmp:
-        pl_module.to_pipeline(preprocessing).save_pretrained(tmp)
+        pl_module.to_pipeline(preprocessing, plain=True).save_pretrained(tmp)
     return Path(out)
 
 
