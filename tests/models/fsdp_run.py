@@ -6,7 +6,7 @@ accelerator"); FSDP2 (``fully_shard``) through ``ModelParallelStrategy`` runs on
 sharding plan of ``AnyDoorModule.configure_model``. Checkpoints are saved whole
 (``save_distributed_checkpoint=False``): the module keeps only trainable weights in them, and
 Lightning's sharded (DCP) load asks for every key ("Missing key in checkpoint state_dict:
-state_dict.id_encoder.vit.cls_token").
+state_dict.id_encoder.vit.cls_token"). ``ExportOnTrainEnd`` writes OUT/export/pretrained from it.
 
     python -m tests.models.fsdp_run OUT train     # 3 steps, checkpoint OUT/ckpt/last.ckpt (a folder)
     python -m tests.models.fsdp_run OUT resume    # from it to step 5
@@ -24,6 +24,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from callbacks.export import ExportOnTrainEnd
 from models.anydoor_module import AnyDoorModule
 from tests.fakes import TINY_MODEL_KWARGS, RandomDataModule
 
@@ -57,7 +58,7 @@ def main(out: str, phase: str, options: str = "{}") -> None:
                       precision=precision, max_steps=3 if phase == "train" else 5, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, limit_val_batches=0, default_root_dir=out,
                       callbacks=[record, ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=3,
-                                                         save_top_k=0)])
+                                                         save_top_k=0), ExportOnTrainEnd()])
     trainer.fit(module, datamodule=RandomDataModule(batch_size=2, length=16),
                 ckpt_path=str(ckpt_dir / "last.ckpt") if phase == "resume" else None)
     params = module.trainable_parameters()

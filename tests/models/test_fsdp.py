@@ -17,6 +17,24 @@ def _run(out: Path, phase: str, options: dict) -> list[dict]:
     return [json.loads((out / f"{phase}{r}.json").read_text()) for r in (0, 1)]
 
 
+def _check_export(out: Path, options: dict) -> None:
+    """The folder ExportOnTrainEnd wrote at the end of the sharded run is the checkpoint's model."""
+    import torch
+
+    from models.anydoor_module import AnyDoorModule
+    from models.pipeline import AnyDoorPipeline
+    from tests.fakes import TINY_MODEL_KWARGS
+
+    exported = AnyDoorPipeline.from_pretrained(out / "export" / "pretrained")
+    module = AnyDoorModule(**TINY_MODEL_KWARGS, **{k: v for k, v in options.items() if k != "precision"})
+    module.load_training_checkpoint(out / "ckpt" / "last.ckpt")
+    expected = module.to_pipeline(plain=True)
+    for part in ("unet", "controlnet", "id_encoder"):
+        saved = getattr(exported, part).state_dict()
+        for name, t in getattr(expected, part).state_dict().items():
+            assert torch.equal(saved[name], t), f"{part}.{name}"
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
 @pytest.mark.parametrize("options", [{}, {"lora": {"rank": 4}, "frozen_dtype": "bfloat16", "precision": "bf16-mixed"}],
@@ -31,6 +49,7 @@ def test_two_process_fsdp2_on_cpu_trains_checkpoints_and_resumes(tmp_path, optio
     assert trained[0]["end"] == pytest.approx(trained[1]["end"], rel=1e-12)  # one model across ranks
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
 
+    _check_export(tmp_path, options)
     resumed = _run(tmp_path, "resume", options)
     assert all(r["steps"] == 5 for r in resumed)
     for r in resumed:  # restored exactly the weights the first run ended with, then trained on
