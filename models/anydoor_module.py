@@ -221,10 +221,10 @@ class AnyDoorModule(LightningModule):
         at a time), then the rest of the denoiser and the projector; the frozen ViT and VAE stay whole on
         every rank. Checkpoints are whole files (``save_distributed_checkpoint=False``): they keep only
         trained weights, which a sharded (DCP) load cannot take (docs/training.md)."""
-        from lightning.pytorch.strategies import ModelParallelStrategy
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
-        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or isinstance(self.denoiser, FSDPModule):
+        # The mesh is ModelParallelStrategy's (set before this hook); load_from_checkpoint calls it without one.
+        if self.device_mesh is None or isinstance(self.denoiser, FSDPModule):
             return
         mesh = self.device_mesh["data_parallel"]
         for block in [*self.denoiser.controlnet.down_blocks, *self.denoiser.unet.up_blocks]:

@@ -177,3 +177,32 @@ def test_24gb_recipe_fits_one_24gb_gpu_at_its_batch(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["batch"] == 8 and row["optimizer"] == "adamw8bit" and row["how"] == "derived"
     assert row["fits"]["24GB"] and row["need_gib"] < 22.5  # also inside an A10/L4's 22.5 GiB
+
+
+@pytest.mark.slow
+def test_16gb_recipe_fits_one_16gb_gpu_at_its_batch(tmp_path):
+    from benchmarks.plan_memory import main
+
+    out = tmp_path / "plan.json"
+    assert main(["--config", "configs/anydoor_16gb.yaml", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["batch"], row["optimizer"], row["frozen"], row["trainable"]) == (4, "adamw8bit", "bf16", "full")
+    assert row["trained_params"] == 880_039_076  # the full trainable set
+    assert row["fits"]["16GB"] and row["need_gib"] < 15.0  # also inside a T4's 15 GiB
+
+
+@pytest.mark.slow
+def test_full_size_lora_is_planned_by_running_it():
+    """peft adapters on the full model on fake tensors: the trained set is the adapters, the new ControlNet
+    parts and the projector; the base weights are frozen (bf16 here) and hold no gradient."""
+    from benchmarks.full_model import read_config
+    from benchmarks.plan_memory import plan
+
+    (row,) = plan([Setting(1, frozen="bf16", trainable="lora-8")], read_config("configs/anydoor.yaml"),
+                  log=lambda _: None)
+    facts = row.facts
+    assert 2.4e9 < facts["total"] < 2.5e9 and 1e7 < facts["trainable"] < 3e7
+    split = row.phases["optimizer"]
+    assert split["gradients"] == pytest.approx(4 * facts["trainable"], rel=0.01)
+    frozen = facts["total"] - facts["trainable"]
+    assert split["weights"] == pytest.approx(2 * frozen + 4 * facts["trainable"], rel=0.01)
