@@ -4,7 +4,8 @@
     python -m benchmarks.check_planner --batches 8 --json check.json
 
 Planned: ``plan_memory.plan`` (fake tensors, CUDA autocast policy replayed, bytes unrounded as
-CPU allocations are). Measured, independently of that booking: the bytes live before the step
+CPU allocations are), for fp32 and bf16-mixed with and without checkpointing, frozen parts in bf16,
+and LoRA (rank 16) with them. Measured, independently of that booking: the bytes live before the step
 (weights, buffers, optimizer state, counted exactly) plus the peak of the running sum of every
 allocation and free the PyTorch profiler records during the same step on real tensors (c10's CPU
 allocator, kernels' scratch buffers included). The autocast policy itself is checked against
@@ -74,6 +75,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     size = int(config["data"]["init_args"].get("image_size", 512))
     settings = [Setting(b, precision, ckpt, size=size) for b in args.batches
                 for precision, ckpt in (("32-true", False), ("32-true", True), ("bf16-mixed", False), ("bf16-mixed", True))]
+    settings += [Setting(b, "bf16-mixed", True, frozen="bf16", size=size) for b in args.batches]
+    settings += [Setting(b, "bf16-mixed", True, frozen="bf16", trainable="lora-16", size=size) for b in args.batches]
     results = check(config, settings)
     for r in results:
         print(json.dumps(r))

@@ -226,6 +226,9 @@ class AnyDoorModule(LightningModule):
         # The mesh is ModelParallelStrategy's (set before this hook); load_from_checkpoint calls it without one.
         if self.device_mesh is None or isinstance(self.denoiser, FSDPModule):
             return
+        if self.device_mesh["tensor_parallel"].size() > 1:
+            raise ValueError("AnyDoorModule shards with FSDP2 only: set the ModelParallelStrategy's tensor_parallel_size "
+                             "to 1 and data_parallel_size to the number of GPUs")
         mesh = self.device_mesh["data_parallel"]
         for block in [*self.denoiser.controlnet.down_blocks, *self.denoiser.unet.up_blocks]:
             fully_shard(block, mesh=mesh)

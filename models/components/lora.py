@@ -15,6 +15,7 @@ module is never modified (no merge/unmerge round trip with its rounding).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional, Sequence
 
 import torch
@@ -76,10 +77,15 @@ def add_lora(denoiser: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     return names
 
 
-def has_adapters(model: nn.Module) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def _peft_module(name: str) -> Any:
+    """A peft module if peft was imported (adapters exist only then), else None: importing peft takes
+    seconds (it imports transformers), which an export without LoRA need not spend."""
+    return sys.modules.get(name)
 
-    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+def has_adapters(model: nn.Module) -> bool:
+    tuners = _peft_module("peft.tuners.tuners_utils")
+    return tuners is not None and any(isinstance(m, tuners.BaseTunerLayer) for m in model.modules())
 
 
 def merged_state_dict(model: nn.Module, dtype: Optional[torch.dtype] = torch.float32,
@@ -87,14 +93,14 @@ def merged_state_dict(model: nn.Module, dtype: Optional[torch.dtype] = torch.flo
     """``model``'s state dict as the model without adapters has it: each adapter's delta added to its
     base weight, adapter keys dropped, ``base_layer.`` removed; floating tensors in ``dtype`` on
     ``device`` (the fold itself in fp32)."""
-    from peft.tuners.lora import LoraLayer
+    lora = _peft_module("peft.tuners.lora")
 
     def plain(t: torch.Tensor, to: Optional[torch.dtype]) -> torch.Tensor:
         return t.detach().to(device=device, dtype=to if t.is_floating_point() else None, copy=True)
 
     state = {k.replace(BASE_KEY, "."): plain(v, dtype) for k, v in model.state_dict().items() if ADAPTER_KEY not in k}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, LoraLayer):
+    for name, layer in model.named_modules() if lora is not None else ():
+        if not isinstance(layer, lora.LoraLayer):
             continue
         key = f"{name}.weight"
         folded = plain(state[key], torch.float32)
