@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.full_model import build_module, random_batch, read_config
+from benchmarks.full_model import build_module, optimizer_callable, random_batch, read_config
 from benchmarks.plan_memory import make_optimizer, train_step
 
 
 def bench_tiny(steps: int, batch: int, config_path: str = "configs/tiny.yaml") -> dict:
     config = read_config(config_path)
-    module = build_module(config, "cpu")
+    module = build_module(config, "cpu", optimizer=optimizer_callable(config))
     module.train()
     optimizer = make_optimizer(module)
     size = int(config["data"]["init_args"]["image_size"])

@@ -4,7 +4,8 @@
     python -m benchmarks.check_planner --batches 8 --json check.json
 
 Planned: ``plan_memory.plan`` (fake tensors, CUDA autocast policy replayed, bytes unrounded as
-CPU allocations are). Measured, independently of that booking: the bytes live before the step
+CPU allocations are), for fp32 and bf16-mixed with and without checkpointing, frozen parts in bf16,
+and LoRA (rank 16) with them. Measured, independently of that booking: the bytes live before the step
 (weights, buffers, optimizer state, counted exactly) plus the peak of the running sum of every
 allocation and free the PyTorch profiler records during the same step on real tensors (c10's CPU
 allocator, kernels' scratch buffers included). The autocast policy itself is checked against
@@ -29,7 +30,7 @@ def measured_peak(config: dict[str, Any], setting: Setting) -> int:
 
     from benchmarks.full_model import build_module
 
-    module = build_module(config, "cpu", use_8bit_adam=False, ema_decay=None)
+    module = build_module(config, "cpu", ema_decay=None, **setting.module_options(config["model"]["init_args"].get("lora")))
     optimizer = make_optimizer(module)
     warm_optimizer(module, optimizer)
     set_checkpointing(module, setting.checkpointing)
@@ -39,7 +40,7 @@ def measured_peak(config: dict[str, Any], setting: Setting) -> int:
     reference_size = int(config["data"]["init_args"].get("reference_size", 224))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         batch = random_batch(setting.batch, setting.size, reference_size,
-                             num_timesteps=module.hparams.num_train_timesteps)
+                             num_timesteps=module.noise_scheduler.config.num_train_timesteps)
         train_step(module, optimizer, batch, setting.precision)
         del batch
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
@@ -52,7 +53,7 @@ def measured_peak(config: dict[str, Any], setting: Setting) -> int:
 
 
 def check(config: dict[str, Any], settings: list[Setting]) -> list[dict[str, Any]]:
-    rows, _ = plan(settings, config, block=1, log=lambda _: None)
+    rows = plan(settings, config, block=1, log=lambda _: None)
     out = []
     for s, row in zip(settings, rows):
         real = measured_peak(config, s)
@@ -74,6 +75,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     size = int(config["data"]["init_args"].get("image_size", 512))
     settings = [Setting(b, precision, ckpt, size=size) for b in args.batches
                 for precision, ckpt in (("32-true", False), ("32-true", True), ("bf16-mixed", False), ("bf16-mixed", True))]
+    settings += [Setting(b, "bf16-mixed", True, frozen="bf16", size=size) for b in args.batches]
+    settings += [Setting(b, "bf16-mixed", True, frozen="bf16", trainable="lora-16", size=size) for b in args.batches]
     results = check(config, settings)
     for r in results:
         print(json.dumps(r))

@@ -1,23 +1,24 @@
-"""The AnyDoor module of a project config without its weight files (full size: SD-2.1-base U-Net +
-ControlNet + VAE, DINOv2 ViT-g/14).
+"""The AnyDoor module of a project config without its weight files, for the memory planner and GPU check.
 
-The architecture comes from ``models.components.conversion.RELEASED_LDM_CONFIG`` (the authors' model
-YAML) and the training options from a project config (``configs/anydoor.yaml`` by default), so the
-planner, ``bench_train`` and ``gpu_check`` all measure the model that config would train. Built on the
-``meta`` device (instant, no RNG) for the planner, or on a GPU with a real random init for timings.
+A config's ``model.init_args`` are read as ``AnyDoorModule.from_config_file`` reads them
+(``models.legacy.migrate_module_args``: training-only arguments dropped, earlier names mapped); a
+full-size config (one that names ``sd_path``) gets the released architecture inlined in place of its
+weight folders (``benchmarks.full_size.released_parts``). Built on the ``meta`` device (instant, no
+RNG) for the planner, or on a device with the module's own seeded random init for timings.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "anydoor.yaml"
-# Read from the weight folders at run time, so not in a config: sd_path and the ViT weight file.
-_PATH_KEYS = ("sd_path",)
+OPTIMIZER_MODULES = ("torch.optim.", "bitsandbytes.optim.")  # what a config's optimizer may name here
 
 
 def read_config(path: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
@@ -31,75 +32,52 @@ def read_config(path: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
     return cfg
 
 
-def uses_vae(config: dict[str, Any]) -> bool:
-    """Full-size configs name an SD folder for the U-Net and VAE; tiny ones inline everything."""
-    first = config["model"]["init_args"].get("first_stage") or {"type": "vae"}
-    return first.get("type", "vae") == "vae"
+def module_args(config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``AnyDoorModule`` arguments of ``config`` (no weight files), ``overrides`` on top."""
+    from benchmarks.full_size import released_parts
+    from models.legacy import migrate_module_args
+
+    args = migrate_module_args(dict(config["model"]["init_args"]))
+    if args.pop("sd_path", None):
+        released = released_parts()
+        args["unet_config"] = released["unet_config"]
+        if (args.get("vae") or {"type": "vae"}).get("type", "vae") == "vae":
+            args["vae"] = released["vae"]
+    args["id_encoder"] = {k: v for k, v in (args.get("id_encoder") or {}).items() if k != "weights"}
+    return {**args, **overrides}
 
 
-def module_kwargs(config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """AnyDoorModule arguments of ``config``; for a full-size config with the SD-2.1 / ViT-g/14
-    architecture inlined in place of the weight paths."""
-    from models.components.conversion import RELEASED_LDM_CONFIG, unet_config_from_ldm
-
-    kwargs = {k: v for k, v in config["model"]["init_args"].items() if k not in _PATH_KEYS}
-    if not uses_vae(config):
-        return {**kwargs, **overrides}
-    id_encoder = dict(kwargs.get("id_encoder") or {})
-    id_encoder.pop("weights", None)
-    id_encoder.setdefault("model_name", "vit_giant_patch14_dinov2")
-    kwargs["id_encoder"] = id_encoder
-    kwargs["unet_config"] = unet_config_from_ldm(RELEASED_LDM_CONFIG)
-    # The VAE needs a folder; a parameter-free stage of the same factor stands in until it is replaced.
-    kwargs["first_stage"] = {"type": "space_to_depth", "factor": 8}
-    kwargs.update(overrides)
-    return kwargs
+def optimizer_callable(config: dict[str, Any]) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer a config trains with, as ``AnyDoorModule``'s ``optimizer`` argument (LightningCLI
+    builds the same from ``class_path``/``init_args``); only torch's and bitsandbytes' optimizers."""
+    spec = config["model"]["init_args"].get("optimizer") or {"class_path": "torch.optim.AdamW"}
+    path = str(spec.get("class_path", ""))
+    if not path.startswith(OPTIMIZER_MODULES):
+        raise ValueError(f"optimizer {path!r} is not one of torch.optim / bitsandbytes.optim")
+    module, _, name = path.rpartition(".")
+    return functools.partial(getattr(importlib.import_module(module), name), **(spec.get("init_args") or {}))
 
 
-def frozen_modules_to(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast every parameter that does not train (DINOv2, VAE, U-Net encoder, ControlNet conv_in)."""
-    for sub in module.modules():
-        for name, p in list(sub.named_parameters(recurse=False)):
-            if not p.requires_grad and p.dtype != dtype and p.is_floating_point():
-                setattr(sub, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
-
-
-def build_module(config: dict[str, Any] | None = None, device: str | torch.device = "meta",
-                 frozen_dtype: Optional[torch.dtype] = None, **overrides: Any):
+def build_module(config: Optional[dict[str, Any]] = None, device: str | torch.device = "meta", **overrides: Any):
     """The ``AnyDoorModule`` of ``config`` (default configs/anydoor.yaml) on ``device`` without weight
     files (``meta``: shapes only; another device: the module's own seeded random init)."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-
     from models.anydoor_module import AnyDoorModule
-    from models.components.conversion import RELEASED_LDM_CONFIG, vae_config_from_ldm
-    from models.components.first_stage import VAEFirstStage
 
-    config = config or read_config()
     with torch.device(device):
-        module = AnyDoorModule(**module_kwargs(config, **overrides))
-        if uses_vae(config):
-            module.first_stage = VAEFirstStage(AutoencoderKL(**vae_config_from_ldm(RELEASED_LDM_CONFIG)))
-    # Scheduler tables are plain CPU tensors in the module; rebuild them outside the device context.
-    module.noise_scheduler = DDPMScheduler(**module.scheduler_config())
-    if frozen_dtype is not None:
-        frozen_modules_to(module, frozen_dtype)
-    set_module_device(module, device)
-    return module
-
-
-def set_module_device(module: torch.nn.Module, device: str | torch.device) -> None:
-    """Lightning's ``module.device`` follows ``.to()``; ``to_empty``/device contexts do not update it."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # as .to() stores it (Lightning asks CUDA otherwise)
-        device = torch.device("cuda", 0)
-    module._device = device  # noqa: SLF001 - LightningModule keeps no public setter
+        module = AnyDoorModule(**module_args(config or read_config(), **overrides))
+    return module.to(device)  # tensors are there already; .to() is what sets LightningModule.device
 
 
 def materialize(module: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
-    """Give a meta module real (uninitialised) storage on ``device``; inside a ``FakeTensorMode``
-    the storage is fake: shapes, dtypes and sizes without memory."""
+    """Give a meta module real (uninitialised) storage on ``device``; inside a ``FakeTensorMode`` the
+    storage is fake: shapes, dtypes and sizes without memory."""
     module.to_empty(device=device)
-    set_module_device(module, device)
+    # LightningModule.device is whatever its .to() last set; to_empty (plain nn.Module) leaves it at
+    # "meta". A .to(device) after it would set it, but on fake tensors .to() swaps every parameter and
+    # fails for fake CUDA ones ("Cannot swap t1 because it has weakref associated with it"), and
+    # Lightning has no public setter: so the attribute, here only, as .to() would store it.
+    device = torch.device(device)
+    module._device = torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device  # noqa: SLF001
     return module
 
 

@@ -12,10 +12,15 @@ from models.anydoor_module import AnyDoorModule
 from models.components import ldm_configs
 
 
-def full_size_module(**overrides: Any) -> AnyDoorModule:
+def released_parts() -> dict[str, Any]:
+    """``AnyDoorModule`` arguments that inline the released U-Net, VAE and ViT in place of weight files."""
     ldm = ldm_configs.RELEASED_LDM_CONFIG
-    args: dict[str, Any] = dict(unet_config=ldm_configs.unet_config_from_ldm(ldm),
-                                vae={"type": "vae", "config": ldm_configs.vae_config_from_ldm(ldm)},
-                                id_encoder={"model_name": "vit_giant_patch14_dinov2"},
-                                noise_schedule={"timestep_spacing": "leading"}, sample_steps=50, guidance_scale=5.0)
+    return dict(unet_config=ldm_configs.unet_config_from_ldm(ldm),
+                vae={"type": "vae", "config": ldm_configs.vae_config_from_ldm(ldm)},
+                id_encoder={"model_name": "vit_giant_patch14_dinov2"})
+
+
+def full_size_module(**overrides: Any) -> AnyDoorModule:
+    args: dict[str, Any] = dict(**released_parts(), noise_schedule={"timestep_spacing": "leading"}, sample_steps=50,
+                                guidance_scale=5.0)
     return AnyDoorModule(**{**args, **overrides})

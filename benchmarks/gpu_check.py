@@ -5,10 +5,11 @@
 
 Random weights, no downloads. Stages, each skipped (and said so) once ``--budget-s`` is spent:
 1. memory: for configs/anydoor.yaml's setting (bf16-mixed, checkpointing, AdamW), the same without
-   checkpointing, and configs/anydoor_24gb.yaml's (8-bit AdamW, needs bitsandbytes) at batch 1 and 4:
-   ``torch.cuda.max_memory_allocated`` over one steady-state step beside ``plan_memory``'s tracked
-   peak for the same setting (goal: within 15%), and samples/s over the timed steps.
-2. training speed at the 24 GB config's own batch (8).
+   checkpointing, and the settings of configs/anydoor_24gb.yaml and anydoor_16gb.yaml (8-bit AdamW,
+   needs bitsandbytes; frozen parts in bf16) at batch 1 and 4: ``torch.cuda.max_memory_allocated``
+   over one steady-state step beside ``plan_memory``'s tracked peak for the same setting (goal:
+   within 15%), and samples/s over the timed steps; all on ``--config``'s model.
+2. training speed at the 24 and 16 GB configs' own batch sizes.
 3. inference: ID encoder, one guided denoiser step (cond + uncond batched, SDPA), VAE decode, in fp16
    and bf16, NCHW and channels-last, eager and ``torch.compile``; seconds per 512 px image at 20 and
    50 steps = encoder + steps x guided step + decode.
@@ -28,9 +29,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from benchmarks.full_model import build_module, random_batch, read_config
-from benchmarks.plan_memory import (GIB, Setting, eight_bit_row, make_optimizer, model_facts, plan, set_checkpointing,
-                                    train_step)
+from benchmarks.full_model import build_module, optimizer_callable, random_batch, read_config
+from benchmarks.plan_memory import GIB, Setting, eight_bit_row, make_optimizer, plan, set_checkpointing, train_step
+from models.components.first_stage import decode_latents, latent_channels, latent_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,38 +62,56 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def memory_settings(config: dict[str, Any], config_24gb: dict[str, Any], batches: list[int]) -> list[tuple[str, Setting]]:
-    """(config name, setting) pairs of stages 1 and 2; the 24 GB ones only where bitsandbytes imports."""
+Run = tuple[str, dict[str, Any], Setting]  # (config name, that config, its setting)
+
+
+def memory_runs(configs: dict[str, dict[str, Any]], batches: list[int]) -> list[Run]:
+    """Stages 1 and 2: ``anydoor`` at ``batches`` with and without checkpointing, every other config at
+    ``batches`` and at its own batch size; configs with 8-bit AdamW only where bitsandbytes imports."""
     from benchmarks.plan_memory import config_settings
 
-    base = config_settings(config, batches)
-    out = [("anydoor", s) for s in base] + [("anydoor no-ckpt", replace(s, checkpointing=False)) for s in base]
     try:
         import bitsandbytes  # noqa: F401
+        eight_bit = True
     except ImportError:
-        return out
-    own = config_settings(config_24gb)  # stage 2: its own batch size
-    return out + [("anydoor_24gb", s) for s in config_settings(config_24gb, batches) + own]
+        eight_bit = False
+    out: list[Run] = []
+    for name, config in configs.items():
+        if name == "anydoor":
+            base = config_settings(config, batches)
+            out += [(name, config, s) for s in base]
+            out += [(f"{name} no-ckpt", config, replace(s, checkpointing=False)) for s in base]
+        elif eight_bit or config_settings(config)[0].optimizer != "adamw8bit":
+            out += [(name, config, s) for s in config_settings(config, batches) + config_settings(config)]
+    return out
 
 
-def measure_training(config: dict[str, Any], settings: list[tuple[str, Setting]], device: torch.device,
-                     steps: int, budget: Budget, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Real peak memory and samples/s per setting beside the planner's estimate."""
-    estimates, _ = plan([replace(s, optimizer="adamw") for _, s in settings], config, log=lambda _: None)
-    module = build_module(config, device, use_8bit_adam=False, ema_decay=None).to(device)
-    module.train()
+def measure_training(model_config: dict[str, Any], runs: list[Run], device: torch.device, steps: int,
+                     budget: Budget, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Real peak memory and samples/s per run beside the planner's estimate. The model is
+    ``model_config``'s (so a dry run stays tiny) with each run's setting (precision, checkpointing,
+    frozen dtype, LoRA) and its config's optimizer; rebuilt when the frozen dtype or trainable set changes."""
+    estimates = plan([replace(s, optimizer="adamw") for _, _, s in runs], model_config, log=lambda _: None)
     results = []
-    for (name, s), est in zip(settings, estimates):
-        if s.optimizer == "adamw8bit":
-            est = eight_bit_row(est, model_facts(module))
+    module, built = None, None
+    for (name, config, s), est in zip(runs, estimates):
+        est = eight_bit_row(est) if s.optimizer == "adamw8bit" else est
         row = {"config": name, "setting": s.label(), "batch": s.batch, "planned_peak_gib": round(est.peak / GIB, 2)}
         if budget.left() < 30:
             results.append({**row, "skipped": "time budget"})
             continue
-        module.hparams.use_8bit_adam = s.optimizer == "adamw8bit"
+        if built != (s.frozen, s.trainable):
+            module = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            options = s.module_options(model_config["model"]["init_args"].get("lora"))
+            module = build_module(model_config, device, ema_decay=None, **options).train()
+            built = (s.frozen, s.trainable)
+        module.optimizer_factory = optimizer_callable(config)
         optimizer = make_optimizer(module)
         set_checkpointing(module, s.checkpointing)
-        batch = random_batch(s.batch, s.size, device=device, num_timesteps=module.hparams.num_train_timesteps)
+        batch = random_batch(s.batch, s.size, device=device,
+                             num_timesteps=module.noise_scheduler.config.num_train_timesteps)
         try:
             train_step(module, optimizer, batch, s.precision, emulate_autocast=False)  # creates the state
             if device.type == "cuda":
@@ -132,16 +151,15 @@ def measure_inference(config: dict[str, Any], device: torch.device, dtypes: list
             results.append({**row, "skipped": "time budget"})
             continue
         if dtype not in models:
-            module = build_module(config, device, use_8bit_adam=False, ema_decay=None).to(device, dtype).eval()
+            module = build_module(config, device, ema_decay=None).to(device, dtype).eval()
             batch = random_batch(1, size, device=device)
-            f = module.first_stage.factor
-            latents = torch.randn(1, module.first_stage.latent_channels, size // f, size // f, device=device,
-                                  dtype=dtype)
+            f = latent_factor(module.vae)
+            latents = torch.randn(1, latent_channels(module.vae), size // f, size // f, device=device, dtype=dtype)
             with torch.no_grad():
                 tokens = torch.cat([module.id_encoder.unconditional_tokens(1, device),
                                     module.id_tokens(batch["reference"])])
                 enc_s = _timed(lambda: module.id_tokens(batch["reference"]), device, repeats)
-                dec_s = _timed(lambda: module.first_stage.decode(latents), device, repeats)
+                dec_s = _timed(lambda: decode_latents(module.vae, latents), device, repeats)
             models[dtype] = (module, batch, latents, tokens, enc_s, dec_s)
         module, batch, latents, tokens, enc_s, dec_s = models[dtype]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -193,6 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--config", default=str(ROOT / "configs" / "anydoor.yaml"))
     p.add_argument("--config-24gb", default=str(ROOT / "configs" / "anydoor_24gb.yaml"))
+    p.add_argument("--config-16gb", default=str(ROOT / "configs" / "anydoor_16gb.yaml"))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--budget-s", type=float, default=400.0,
                    help="start no stage after this many seconds (a compile needs 150 s left)")
@@ -202,7 +221,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here (use --device cpu --dry-run to check the script)")
     try:
-        config, config_24gb = read_config(args.config), read_config(args.config_24gb)
+        configs = {"anydoor": read_config(args.config), "anydoor_24gb": read_config(args.config_24gb),
+                   "anydoor_16gb": read_config(args.config_16gb)}
     except ValueError as err:
         raise SystemExit(f"gpu_check: {err}") from None
     budget = Budget(args.budget_s)
@@ -215,10 +235,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     steps = 1 if args.dry_run else 3
     start = time.perf_counter()
-    settings = memory_settings(config, config_24gb, args.batches)
-    report["training"] = measure_training(config, settings, device, steps, budget, log)
+    runs = memory_runs(configs, args.batches)
+    report["training"] = measure_training(configs["anydoor"], runs, device, steps, budget, log)
     dtypes = [torch.float32] if device.type == "cpu" else [torch.float16, torch.bfloat16]
-    report["inference"] = measure_inference(config, device, dtypes, not args.dry_run, steps, budget, log)
+    report["inference"] = measure_inference(configs["anydoor"], device, dtypes, not args.dry_run, steps, budget, log)
     report["seconds"] = round(time.perf_counter() - start, 1)
     from src.files import atomic_write
 

@@ -5,11 +5,12 @@
     python -m benchmarks.plan_memory --batches 1 4 --json plan.json
 
 Each measured row builds the model of the config (SD-2.1-base U-Net + ControlNet + VAE + DINOv2
-ViT-g/14 + projector, no weights) on fake CPU tensors and runs forward, backward, gradient clipping
-and an AdamW step (foreach, CUDA's default) exactly as the module does, under CUDA's autocast policy
-(``benchmarks.memtrack``); ``PeakMemory`` books every storage. Rows marked *derived* swap in what a
-measured row cannot run here (8-bit AdamW state in bitsandbytes' layout, DDP buckets, FSDP shards);
-LoRA rows are *estimated* (see ``lora_row``). "need" adds the margin of ``need_gib``.
+ViT-g/14 + projector, no weights) with the setting's module options (``frozen_dtype``, ``lora``) on
+fake CPU tensors and runs forward, backward, gradient clipping and an AdamW step (foreach, CUDA's
+default) exactly as the module does, under CUDA's autocast policy (``benchmarks.memtrack``);
+``PeakMemory`` books every storage. Rows marked *derived* swap in what a measured row cannot run here
+(8-bit AdamW state in bitsandbytes' layout, DDP buckets, FSDP shards). "need" adds the margin of
+``need_gib``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import torch
 from benchmarks.memtrack import CATEGORIES, CudaAutocast, PeakMemory, autocast_forward, backward
 
 GIB = 2**30
-CARDS_GIB = {"24GB": 23.99, "40GB": 40.0, "80GB": 80.0}  # RTX 4090 (24564 MiB), A100 40/80 GB as reported
+# As reported: V100 16 GB (16160 MiB; a T4 has 15360), RTX 4090 (24564 MiB; an A10/L4 22.5 GiB), A100 40/80 GB
+CARDS_GIB = {"16GB": 15.78, "24GB": 23.99, "40GB": 40.0, "80GB": 80.0}
 FRAGMENTATION = 0.10  # caching-allocator slack (reserved - allocated) in steady training
 FIXED_GIB = 1.0  # CUDA context (outside the allocator) + cuBLAS/cuDNN workspaces not seen on fake tensors
 PRECISION_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+FROZEN = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # Setting.frozen -> the module's frozen_dtype
+OPTIMIZERS = {"torch.optim.AdamW": "adamw", "bitsandbytes.optim.AdamW8bit": "adamw8bit"}
 
 
 def need_gib(peak_bytes: float) -> float:
@@ -46,8 +50,8 @@ class Setting:
     precision: str = "bf16-mixed"
     checkpointing: bool = True
     optimizer: str = "adamw"  # or "adamw8bit"
-    frozen: str = "fp32"  # dtype of the frozen parts: "fp32" or "bf16"
-    trainable: str = "full"  # or "lora-<rank>"
+    frozen: str = "fp32"  # dtype of the frozen parts (module option frozen_dtype): a key of FROZEN
+    trainable: str = "full"  # or "lora-<rank>" (module option lora)
     strategy: str = "single"  # single, ddp, ddp-bucket-view, fsdp-<N>
     size: int = 512
 
@@ -56,12 +60,20 @@ class Setting:
                  f"frozen-{self.frozen}", self.trainable, self.strategy]
         return " ".join(parts)
 
+    def module_options(self, config_lora: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """``AnyDoorModule`` arguments of this setting (the config's other LoRA keys kept)."""
+        lora = None
+        if self.trainable != "full":
+            lora = {**(config_lora or {}), "rank": int(self.trainable.removeprefix("lora-"))}
+        return {"frozen_dtype": FROZEN[self.frozen], "lora": lora}
+
 
 @dataclass
 class Row:
     setting: Setting
-    how: str  # measured / derived / estimated
+    how: str  # measured / derived
     phases: dict[str, dict[str, int]]  # phase -> category bytes at that phase's peak
+    facts: dict[str, Any]  # parameter counts of the model measured (model_facts)
     note: str = ""
 
     @property
@@ -75,6 +87,7 @@ class Row:
     def as_dict(self) -> dict[str, Any]:
         split = self.phases[self.peak_phase]
         return {**asdict(self.setting), "how": self.how, "note": self.note, "peak_phase": self.peak_phase,
+                "trained_params": self.facts["trainable"],
                 "peak_gib": round(self.peak / GIB, 2), "need_gib": round(need_gib(self.peak), 2),
                 **{f"{k}_gib": round(v / GIB, 2) for k, v in split.items()},
                 "fits": {card: need_gib(self.peak) <= cap for card, cap in CARDS_GIB.items()}}
@@ -133,7 +146,8 @@ def train_step(module, optimizer, batch: dict[str, torch.Tensor], precision: str
     return value
 
 
-def measure(module, optimizer, setting: Setting, reference_size: int = 224, block: int = 512) -> Row:
+def measure(module, optimizer, setting: Setting, facts: dict[str, Any], reference_size: int = 224,
+            block: int = 512) -> Row:
     """Track one steady-state step of ``module`` (fake or real tensors) at ``setting``."""
     from benchmarks.full_model import random_batch
 
@@ -143,12 +157,12 @@ def measure(module, optimizer, setting: Setting, reference_size: int = 224, bloc
         tracker.watch_module(module)
         tracker.watch_optimizer(optimizer)
         batch = random_batch(setting.batch, setting.size, reference_size, device=module.device,
-                             num_timesteps=module.hparams.num_train_timesteps)
+                             num_timesteps=module.noise_scheduler.config.num_train_timesteps)
         train_step(module, optimizer, batch, setting.precision, tracker)
         del batch
     tracker.close()
     phases = {k: v for k, v in tracker.phase_splits.items() if k != "setup"}
-    return Row(setting, "measured", phases)
+    return Row(setting, "measured", phases, facts)
 
 
 def set_checkpointing(module, on: bool) -> None:
@@ -160,36 +174,36 @@ def set_checkpointing(module, on: bool) -> None:
 
 
 def plan(settings: Iterable[Setting], config: dict[str, Any], block: int = 512,
-         log: Callable[[str], None] = print) -> tuple[list[Row], dict[str, Any]]:
-    """Measure ``settings`` (AdamW, one GPU, full trainable set) on fake tensors with the model of
-    ``config``, one build per frozen dtype; rows in the order given, and facts about the model."""
+         log: Callable[[str], None] = print) -> list[Row]:
+    """Measure ``settings`` (AdamW, one GPU) on fake tensors with the model of ``config``, one build per
+    frozen dtype and trainable set; rows in the order given."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from benchmarks.full_model import build_module, materialize
 
     settings = list(settings)
     rows: dict[int, Row] = {}
-    facts: dict[str, Any] = {}
     reference_size = int(config["data"]["init_args"].get("reference_size", 224))
-    for frozen in sorted({s.frozen for s in settings}):
+    config_lora = config["model"]["init_args"].get("lora")
+    for frozen, trainable in sorted({(s.frozen, s.trainable) for s in settings}):
         start = time.perf_counter()
-        module = build_module(config, "meta", frozen_dtype=torch.bfloat16 if frozen == "bf16" else None,
-                              use_8bit_adam=False, ema_decay=None)
-        facts = facts or model_facts(module)
+        group = [i for i, s in enumerate(settings) if (s.frozen, s.trainable) == (frozen, trainable)]
+        module = build_module(config, "meta", ema_decay=None, **settings[group[0]].module_options(config_lora))
+        facts = model_facts(module)
         with FakeTensorMode(allow_non_fake_inputs=True):
             materialize(module, "cpu")
             optimizer = make_optimizer(module)
             warm_optimizer(module, optimizer)
-            log(f"built the model on fake tensors, frozen parts {frozen}: {time.perf_counter() - start:.0f} s")
-            for i, s in enumerate(settings):
-                if s.frozen != frozen:
-                    continue
+            log(f"built the model on fake tensors, frozen parts {frozen}, {trainable}: "
+                f"{time.perf_counter() - start:.0f} s")
+            for i in group:
+                s = settings[i]
                 start = time.perf_counter()
-                rows[i] = measure(module, optimizer, s, reference_size, block)
+                rows[i] = measure(module, optimizer, s, facts, reference_size, block)
                 log(f"  {s.label()} batch {s.batch}: peak {rows[i].peak / GIB:.2f} GiB "
                     f"({time.perf_counter() - start:.0f} s)")
         del module, optimizer
-    return [rows[i] for i in range(len(settings))], facts
+    return [rows[i] for i in range(len(settings))]
 
 
 # ------------------------------------------------------------------------------------ model facts
@@ -202,50 +216,28 @@ def model_facts(module) -> dict[str, Any]:
     counts["trainable_small"] = sum(p.numel() for p in trainable.values() if p.numel() < 4096)
     counts["trainable_blocks"] = sum(math.ceil(p.numel() / 256) for p in trainable.values() if p.numel() >= 4096)
     counts["trainable_tensors"] = len(trainable)
-    counts["projector"] = sum(p.numel() for p in module.id_encoder.projector.parameters() if p.requires_grad)
     units = [*module.denoiser.unet.down_blocks, *module.denoiser.unet.up_blocks, module.denoiser.unet.mid_block,
              *module.denoiser.controlnet.down_blocks, module.denoiser.controlnet.mid_block,
              *module.id_encoder.vit.blocks]
     counts["largest_fsdp_unit"] = max(sum(p.numel() for p in u.parameters()) for u in units)
-    counts["lora_base"], counts["lora_per_rank"] = lora_counts(module)
     return counts
 
 
-def lora_counts(module) -> tuple[int, int]:
-    """(weights LoRA would freeze, adapter parameters per unit of rank) for adapters on every Linear and
-    Conv2d of the trainable set (ControlNet + U-Net decoder): Linear r*(in+out); Conv2d r*(in*k*k + out)
-    (peft's lora_A conv with the layer's kernel, lora_B 1x1). The projector stays fully trained."""
-    from torch import nn
-
-    base, per_rank = 0, 0
-    for name, sub in module.denoiser.named_modules():
-        if not isinstance(sub, (nn.Linear, nn.Conv2d)) or not sub.weight.requires_grad:
-            continue
-        base += sum(p.numel() for p in sub.parameters(recurse=False))
-        if isinstance(sub, nn.Linear):
-            per_rank += sub.in_features + sub.out_features
-        else:
-            k = sub.kernel_size[0] * sub.kernel_size[1]
-            per_rank += sub.in_channels * k // sub.groups + sub.out_channels
-    return base, per_rank
-
-
 # ------------------------------------------------------------------------------------ derived rows
-def _adjust(row: Row, setting: Setting, how: str, note: str, weights: float = 0.0, grads: float = 1.0,
-            optimizer: Optional[float] = None, step_temp: float = 1.0, extra: float = 0.0) -> Row:
-    """A row with parameter-bound memory changed in every phase: ``weights`` added, gradients and the
-    optimizer step's temporaries scaled, optimizer state replaced, ``extra`` persistent bytes added."""
+def _adjust(row: Row, setting: Setting, how: str, note: str, optimizer: Optional[float] = None,
+            step_temp: float = 1.0, extra: float = 0.0) -> Row:
+    """A row with parameter-bound memory changed in every phase: optimizer state replaced, the
+    optimizer step's temporaries scaled, ``extra`` persistent bytes added (booked as weights)."""
     phases = {}
     for name, split in row.phases.items():
         new = dict(split)
-        new["weights"] = split["weights"] + weights + extra
-        new["gradients"] = split["gradients"] * grads
+        new["weights"] = split["weights"] + extra
         if optimizer is not None:
             new["optimizer"] = optimizer
         if name == "optimizer":
             new["temporaries"] = split["temporaries"] * step_temp
         phases[name] = {k: int(v) for k, v in new.items()}
-    return Row(setting, how, phases, note)
+    return Row(setting, how, phases, row.facts, note)
 
 
 def adam8bit_state_bytes(n_large: int, n_small: int, blocks: int, tensors: int) -> int:
@@ -256,46 +248,30 @@ def adam8bit_state_bytes(n_large: int, n_small: int, blocks: int, tensors: int) 
     return 2 * n_large + 2 * 4 * blocks + 8 * n_small + 2 * 256 * 4 + 4 * 512 * tensors
 
 
-def eight_bit_row(row: Row, facts: dict[str, Any]) -> Row:
+def eight_bit_row(row: Row) -> Row:
     """The measured AdamW row with bitsandbytes' 8-bit state; its step updates in place (no temporary)."""
+    facts = row.facts
     state = adam8bit_state_bytes(facts["trainable"] - facts["trainable_small"], facts["trainable_small"],
                                  facts["trainable_blocks"], facts["trainable_tensors"])
     return _adjust(row, replace(row.setting, optimizer="adamw8bit"), "derived",
                    "AdamW state swapped for bitsandbytes' 8-bit layout", optimizer=state, step_temp=0.0)
 
 
-def lora_row(row: Row, facts: dict[str, Any], rank: int, eight_bit: bool = False) -> Row:
-    """Estimated (not run): LoRA of ``rank`` on every Linear/Conv2d of ControlNet + U-Net decoder,
-    those base weights frozen in the row's frozen dtype, the projector still trained. Activations
-    are the full fine-tuning ones (an over-estimate: they include autocast's bf16 copies of the
-    weights that no longer train)."""
-    fb = 2 if row.setting.frozen == "bf16" else 4
-    adapters = rank * facts["lora_per_rank"]
-    new_trainable = adapters + facts["projector"]  # norms and biases freeze with the base weights
-    weights = -4 * facts["trainable"] + fb * (facts["trainable"] - facts["projector"]) + 4 * new_trainable
-    ratio = new_trainable / facts["trainable"]
-    state = (adam8bit_state_bytes(adapters, facts["projector"], adapters // 256 + 1, 2) if eight_bit
-             else 8 * new_trainable)
-    setting = replace(row.setting, trainable=f"lora-{rank}", optimizer="adamw8bit" if eight_bit else "adamw")
-    return _adjust(row, setting, "estimated", f"{new_trainable / 1e6:.0f} M trained parameters",
-                   weights=weights, grads=ratio, optimizer=state, step_temp=0.0 if eight_bit else ratio)
-
-
-def ddp_row(row: Row, facts: dict[str, Any], bucket_view: bool) -> Row:
+def ddp_row(row: Row, bucket_view: bool) -> Row:
     """DDP: the reducer keeps fp32 gradient buckets as large as all trainable gradients, unless
     ``gradient_as_bucket_view=True`` makes ``.grad`` views into them (Lightning's default is False)."""
-    extra = 0 if bucket_view else 4 * facts["trainable"]
+    extra = 0 if bucket_view else 4 * row.facts["trainable"]
     setting = replace(row.setting, strategy="ddp-bucket-view" if bucket_view else "ddp")
     return _adjust(row, setting, "derived", "gradients as bucket views" if bucket_view else "+ fp32 gradient buckets",
                    extra=extra)
 
 
-def fsdp_row(row: Row, facts: dict[str, Any], world: int) -> Row:
+def fsdp_row(row: Row, world: int) -> Row:
     """FULL_SHARD over ``world`` GPUs: weights, gradients, optimizer state and the step's temporaries
     divided by ``world``; plus two gathered units in the compute dtype (current + prefetched) and the
     unsharded gradient of one unit before its reduce-scatter. Activations are not sharded."""
     compute = 4 if row.setting.precision == "32-true" else 2
-    unit = facts["largest_fsdp_unit"]
+    unit = row.facts["largest_fsdp_unit"]
     phases = {}
     for name, split in row.phases.items():
         new = dict(split)
@@ -306,15 +282,15 @@ def fsdp_row(row: Row, facts: dict[str, Any], world: int) -> Row:
             new["temporaries"] = split["temporaries"] / world
         phases[name] = {k: int(v) for k, v in new.items()}
     note = f"gather buffers: 2 x {unit / 1e6:.0f} M-parameter unit"
-    return Row(replace(row.setting, strategy=f"fsdp-{world}"), "derived", phases, note)
+    return Row(replace(row.setting, strategy=f"fsdp-{world}"), "derived", phases, row.facts, note)
 
 
 # ------------------------------------------------------------------------------------ table
 def table(rows: list[Row]) -> str:
     """Markdown: per-GPU GiB split at the peak, the peak, what it needs with margins, and the fits."""
     head = ("| setting | batch | how | weights | grads | optimizer | activations | temporaries | peak | need "
-            "| 24 GB | 40 GB | 80 GB |")
-    lines = [head, "|" + "---|" * 13]
+            "| 16 GB | 24 GB | 40 GB | 80 GB |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         split = r.phases[r.peak_phase]
         need = need_gib(r.peak)
@@ -325,44 +301,51 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def default_settings(batches: Iterable[int]) -> list[Setting]:
-    """The measured grid: fp32 and bf16 without checkpointing, bf16 with it (frozen fp32 and bf16), and
-    the authors' fp16 setting."""
+def default_settings(batches: Iterable[int], lora_rank: int = 64) -> list[Setting]:
+    """The measured grid: fp32 and bf16 without checkpointing, bf16 with it (frozen fp32 and bf16), LoRA
+    with frozen bf16, and the authors' fp16 setting."""
     out = []
     for b in batches:
         out += [Setting(b, "32-true", False), Setting(b, "bf16-mixed", False), Setting(b, "bf16-mixed", True),
-                Setting(b, "bf16-mixed", True, frozen="bf16")]
+                Setting(b, "bf16-mixed", True, frozen="bf16"),
+                Setting(b, "bf16-mixed", True, frozen="bf16", trainable=f"lora-{lora_rank}")]
     if 16 in batches:  # the authors' run: 16-mixed (fp16 AMP), batch 16; their YAML sets use_checkpoint: True
         out += [Setting(16, "16-mixed", True), Setting(16, "16-mixed", False)]
     return out
 
 
-def derived_rows(rows: list[Row], facts: dict[str, Any], lora_rank: int = 64) -> list[Row]:
+def derived_rows(rows: list[Row]) -> list[Row]:
     out = []
     for r in rows:
         s = r.setting
         if s.precision != "bf16-mixed" or not s.checkpointing:
             continue
-        eight = eight_bit_row(r, facts)
+        eight = eight_bit_row(r)
         out.append(eight)
-        if s.frozen == "bf16":
-            out.append(lora_row(r, facts, lora_rank, eight_bit=True))
-        elif s.batch in (4, 16):
-            out += [ddp_row(r, facts, False), ddp_row(r, facts, True), ddp_row(eight, facts, False),
-                    ddp_row(eight, facts, True)]
-            out += [fsdp_row(r, facts, n) for n in (2, 4, 8)]
+        if s.frozen == "fp32" and s.trainable == "full" and s.batch in (4, 16):
+            out += [ddp_row(r, False), ddp_row(r, True), ddp_row(eight, False), ddp_row(eight, True)]
+            out += [fsdp_row(r, n) for n in (2, 4, 8)]
     return out
 
 
 def config_settings(config: dict[str, Any], batches: Optional[Iterable[int]] = None) -> list[Setting]:
-    """The setting a project config trains with (precision, checkpointing, 8-bit, batch)."""
+    """The setting a project config trains with (precision, checkpointing, optimizer, frozen dtype,
+    LoRA rank, batch, image size)."""
     init = config["model"]["init_args"]
     precision = str(config.get("trainer", {}).get("precision", "32-true"))
     if precision not in PRECISION_DTYPES:
         raise ValueError(f"precision {precision!r} is not planned (use one of {sorted(PRECISION_DTYPES)})")
+    optimizer = str((init.get("optimizer") or {}).get("class_path", "torch.optim.AdamW"))
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {optimizer!r} is not planned (use one of {sorted(OPTIMIZERS)})")
+    frozen = {v: k for k, v in FROZEN.items()}.get(init.get("frozen_dtype") or None)
+    if frozen is None and init.get("frozen_dtype") not in (None, "float32"):
+        raise ValueError(f"frozen_dtype {init.get('frozen_dtype')!r} is not planned (use one of {sorted(FROZEN)})")
+    lora = init.get("lora")
+    trainable = f"lora-{int(lora['rank'])}" if lora else "full"
     data = config["data"]["init_args"]
-    return [Setting(b, precision, bool(init.get("gradient_checkpointing", False)),
-                    "adamw8bit" if init.get("use_8bit_adam") else "adamw", size=int(data.get("image_size", 512)))
+    return [Setting(b, precision, bool(init.get("gradient_checkpointing", False)), OPTIMIZERS[optimizer],
+                    frozen or "fp32", trainable, size=int(data.get("image_size", 512)))
             for b in (batches or [int(data.get("batch_size", 1))])]
 
 
@@ -373,7 +356,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--config", default=None, help="plan only this config's own setting (default: the grid "
                    f"on {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])})")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="per-GPU batch sizes (default 1 2 4 8 16)")
-    p.add_argument("--lora-rank", type=int, default=64)
+    p.add_argument("--lora-rank", type=int, default=64, help="rank of the grid's LoRA rows")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # fake tensors do no arithmetic
@@ -382,18 +365,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.config:
             wanted = config_settings(config, args.batches)
         else:
-            wanted = default_settings(args.batches or (1, 2, 4, 8, 16))
+            wanted = default_settings(args.batches or (1, 2, 4, 8, 16), args.lora_rank)
     except ValueError as err:
         raise SystemExit(f"plan_memory: {err}") from None
     start = time.perf_counter()
     # 8-bit rows are measured with AdamW and their state swapped (bitsandbytes cannot run on fake tensors).
-    measured, facts = plan([replace(s, optimizer="adamw") for s in wanted], config)
+    measured = plan([replace(s, optimizer="adamw") for s in wanted], config)
     rows: list[Row] = []
     for s, r in zip(wanted, measured):
-        rows.append(eight_bit_row(r, facts) if s.optimizer == "adamw8bit" else r)
+        rows.append(eight_bit_row(r) if s.optimizer == "adamw8bit" else r)
     if not args.config:
-        rows += derived_rows(measured, facts, args.lora_rank)
+        rows += derived_rows(measured)
     print(table(rows))
+    facts = rows[0].facts
     print(f"\n{facts['total'] / 1e6:.0f} M parameters, {facts['trainable'] / 1e6:.0f} M trained; GiB per GPU at "
           f"the step's peak; need = peak x {1 + FRAGMENTATION:.2f} + {FIXED_GIB:g} GiB; "
           f"planned in {time.perf_counter() - start:.0f} s")

@@ -1,7 +1,10 @@
 """AnyDoorModule: a thin LightningModule over the plain components in ``models/components``.
 
-Trained: ID projector (switch), ControlNet (except its silenced conv_in), U-Net decoder half.
+Trained: ID projector (switch), ControlNet (except its silenced conv_in), U-Net decoder half; or, with
+``lora``, peft adapters on those and the ControlNet parts SD has no weights for (``models.components.lora``).
 Frozen and rebuilt from their sources on load: DINOv2, VAE / space-to-depth, U-Net encoder half.
+Scaling hooks: ``frozen_dtype`` (frozen parts stored in bf16/fp16), ``configure_model`` (FSDP2 under
+Lightning's ``ModelParallelStrategy``); docs/training.md "Memory per GPU and scaling".
 Sampling is the pipeline's: ``to_pipeline()`` wraps the live parts, so validation, sample grids,
 evaluation and the export generate with the same code as ``anydoor generate``.
 """
@@ -24,6 +27,7 @@ from models.components.denoiser import AnyDoorDenoiser
 from models.components.detail_extractor import COLLAGE_EMBEDDING_CHANNELS, build_detail_extractor
 from models.components.first_stage import encode_images, latent_factor
 from models.components.id_encoder import IDEncoder
+from models.components.lora import add_lora, cast_frozen, lora_settings, needs_plain_copy, plain_copy
 from src.conditioning import DEFAULT_PREPROCESSING, Preprocessing
 
 # SD's DDPM schedule; ``noise_schedule`` entries replace these.
@@ -31,6 +35,7 @@ NOISE_SCHEDULE: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.000
                                       beta_schedule="scaled_linear", prediction_type="epsilon",
                                       rescale_betas_zero_snr=False, timestep_spacing="trailing", clip_sample=False)
 TIMESTEP_CALLBACK = "callbacks.FrequencyAwareTimesteps"
+FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class AnyDoorModule(LightningModule):
@@ -59,6 +64,10 @@ class AnyDoorModule(LightningModule):
         min_snr_gamma: min-SNR loss weighting (None: off).
         ema_decay: keep an EMA of the trained weights (sampled and exported when kept).
         gradient_checkpointing: on the U-Net and ControlNet.
+        frozen_dtype: store the frozen parts (DINOv2, VAE, U-Net encoder, LoRA base weights) in
+            ``bfloat16``/``float16``; trained weights stay fp32. Needs a ``*-mixed`` trainer precision.
+        lora: ``{rank, alpha, dropout, targets}``: train peft LoRA adapters instead of the ControlNet
+            and U-Net decoder weights (``models.components.lora``); exports merge them.
         sample_steps / guidance_scale: the recommended sampler (DDIM) written into exports.
         val_timesteps: timesteps of the validation loss; val_sample_steps: also sample and log
             ``val/psnr_box`` with that many steps (0: off).
@@ -83,6 +92,8 @@ class AnyDoorModule(LightningModule):
         min_snr_gamma: Optional[float] = None,
         ema_decay: Optional[float] = None,
         gradient_checkpointing: bool = False,
+        frozen_dtype: Optional[str] = None,
+        lora: Optional[dict[str, Any]] = None,
         sample_steps: int = 25,
         guidance_scale: float = 1.0,
         val_timesteps: list[int] = [100, 300, 500, 700, 900],
@@ -94,7 +105,11 @@ class AnyDoorModule(LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         if not 0.0 <= cfg_drop_prob <= 1.0:
             raise ValueError(f"cfg_drop_prob must be in [0, 1], got {cfg_drop_prob}")
-        self.noise_scheduler = DDPMScheduler(**{**NOISE_SCHEDULE, **(noise_schedule or {})})
+        if frozen_dtype is not None and frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {frozen_dtype!r}")
+        lora = lora_settings(lora) if lora is not None else None
+        with torch.device("cpu"):  # the schedule's tables stay CPU tensors whatever device builds the module
+            self.noise_scheduler = DDPMScheduler(**{**NOISE_SCHEDULE, **(noise_schedule or {})})
         if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', "
                              f"got {self.noise_scheduler.config.prediction_type!r}")
@@ -112,6 +127,11 @@ class AnyDoorModule(LightningModule):
         self.vae.requires_grad_(False)
         self.denoiser = AnyDoorDenoiser(unet, controlnet)
         self.denoiser.freeze_unet_encoder()
+        if lora is not None:
+            with seeded_init(init_seed + 1):  # adapters' own init (lora_A); the base weights are as without
+                add_lora(self.denoiser, **lora)
+        if frozen_dtype is not None:
+            cast_frozen(self, FROZEN_DTYPES[frozen_dtype])
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self.strict_loading = False  # checkpoints hold only the trainable weights
@@ -153,7 +173,7 @@ class AnyDoorModule(LightningModule):
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
         gen = generator if generator is not None else self.generator
         bsz = batch["target"].shape[0]
-        latents = encode_images(self.vae, batch["target"], generator=gen)
+        latents = encode_images(self.vae, batch["target"], generator=gen).float()  # fp32 even from a bf16 VAE
         if timesteps is None:
             timesteps = self._training_timesteps(batch, gen)
         timesteps = timesteps.to(self.device).long()
@@ -189,6 +209,32 @@ class AnyDoorModule(LightningModule):
         if self.ema is not None:
             self.ema.to(self.device)
 
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        if self.hparams.frozen_dtype not in (None, "float32") and not precision.endswith("-mixed"):
+            raise ValueError(f"model.init_args.frozen_dtype {self.hparams.frozen_dtype} stores the frozen parts in "
+                             f"low precision and needs trainer.precision bf16-mixed or 16-mixed, got {precision}")
+
+    def configure_model(self) -> None:
+        """FSDP2 when the strategy is Lightning's ``ModelParallelStrategy`` (any other strategy: nothing).
+        Each ControlNet down block and U-Net up block is a unit (the trained weights, gathered one block
+        at a time), then the rest of the denoiser and the projector; the frozen ViT and VAE stay whole on
+        every rank. Checkpoints are whole files (``save_distributed_checkpoint=False``): they keep only
+        trained weights, which a sharded (DCP) load cannot take (docs/training.md)."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        # The mesh is ModelParallelStrategy's (set before this hook); load_from_checkpoint calls it without one.
+        if self.device_mesh is None or isinstance(self.denoiser, FSDPModule):
+            return
+        if self.device_mesh["tensor_parallel"].size() > 1:
+            raise ValueError("AnyDoorModule shards with FSDP2 only: set the ModelParallelStrategy's tensor_parallel_size "
+                             "to 1 and data_parallel_size to the number of GPUs")
+        mesh = self.device_mesh["data_parallel"]
+        for block in [*self.denoiser.controlnet.down_blocks, *self.denoiser.unet.up_blocks]:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.denoiser, mesh=mesh)
+        fully_shard(self.id_encoder.projector, mesh=mesh)
+
     @contextmanager
     def ema_weights(self) -> Iterator[None]:
         """The EMA weights in the live parameters for a while (no-op without EMA)."""
@@ -204,16 +250,20 @@ class AnyDoorModule(LightningModule):
             self.ema.restore(params)
 
     # ----------------------------------------------------------------- sampling
-    def to_pipeline(self, preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> Any:
+    def to_pipeline(self, preprocessing: Preprocessing = DEFAULT_PREPROCESSING, plain: bool = False) -> Any:
         """An ``AnyDoorPipeline`` over this module's live parts (shared, not copied; modes untouched)
         recommending this recipe's sampler and ``preprocessing`` (the centre of the training ranges).
-        For EMA weights, use it inside ``ema_weights()``."""
+        ``plain``: parts as ordinary fp32 diffusers models, for saving: a part with LoRA adapters or
+        low-precision frozen weights becomes a CPU copy with the adapters merged (the live one is left
+        as it is); the others stay shared. For EMA weights, use it inside ``ema_weights()``."""
         from models.pipeline import AnyDoorPipeline
 
         scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, set_alpha_to_one=False)
         sampling = {"scheduler": "ddim", "steps": self.hparams.sample_steps, "guidance": self.hparams.guidance_scale}
-        return AnyDoorPipeline(self.id_encoder, self.denoiser.controlnet, self.denoiser.unet, self.vae, scheduler,
-                               sampling=sampling, preprocessing=preprocessing._asdict())
+        parts = [self.id_encoder, self.denoiser.controlnet, self.denoiser.unet, self.vae]
+        if plain:
+            parts = [plain_copy(p) if needs_plain_copy(p) else p for p in parts]
+        return AnyDoorPipeline(*parts, scheduler, sampling=sampling, preprocessing=preprocessing._asdict())
 
     @torch.no_grad()
     def generate(self, pipe: Any, batch: dict[str, torch.Tensor], steps: Optional[int] = None,
@@ -221,11 +271,14 @@ class AnyDoorModule(LightningModule):
         """Crops ``B x 3 x S x S`` in [-1, 1] for a batch of training samples (``reference``,
         ``collage``), by ``pipe`` (``to_pipeline()``) with its resolved sampler."""
         settings = pipe.sampling_settings(None, steps, guidance)
-        tokens = pipe.encode_references(batch["reference"], settings.guidance != 1.0)
-        latents = pipe.denoise(tokens, batch["collage"], num_inference_steps=settings.steps,
-                               guidance_scale=settings.guidance, scheduler=settings.scheduler,
-                               generator=generator, progress=False)
-        return pipe.decode(latents)
+        dtype = FROZEN_DTYPES[self.hparams.frozen_dtype or "float32"]
+        # Frozen parts in bf16/fp16 run under autocast, as in training (also outside a training step).
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            tokens = pipe.encode_references(batch["reference"], settings.guidance != 1.0)
+            latents = pipe.denoise(tokens, batch["collage"], num_inference_steps=settings.steps,
+                                   guidance_scale=settings.guidance, scheduler=settings.scheduler,
+                                   generator=generator, progress=False)
+            return pipe.decode(latents).float()
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -306,7 +359,8 @@ class AnyDoorModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = set(self.trainable_parameters())
-        missing = keep - set(checkpoint["state_dict"])
+        # ModelParallelStrategy loads the weights itself and pops "state_dict" before this hook.
+        missing = keep - set(checkpoint["state_dict"]) if "state_dict" in checkpoint else set()
         if missing:
             raise KeyError(f"checkpoint lacks trainable weights, e.g. {sorted(missing)[:5]}")
         if self.ema is not None and "ema" in checkpoint:

@@ -102,7 +102,9 @@ _RENAMED = {"first_stage": "vae", "hint_channels": "collage_embedding_channels",
             "zero_hint_conv": "zero_init_collage_embedding"}
 _SCHEDULE = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
              "rescale_betas_zero_snr", "timestep_spacing")
-TRAINING_ONLY = ("optimizer", "lr_scheduler", "lr", "weight_decay", "betas", "warmup_steps", "use_8bit_adam")
+# frozen_dtype: how training stores the frozen parts; a module that samples keeps them in fp32.
+TRAINING_ONLY = ("optimizer", "lr_scheduler", "lr", "weight_decay", "betas", "warmup_steps", "use_8bit_adam",
+                 "frozen_dtype")
 
 
 def migrate_module_args(init_args: dict[str, Any]) -> dict[str, Any]:

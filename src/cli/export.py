@@ -1,4 +1,5 @@
-"""`anydoor export`: a training checkpoint of this project + its run's config -> a model folder."""
+"""`anydoor export`: a training checkpoint of this project + its run's config -> a model folder
+(an ordinary fp32 one: a LoRA run's adapters merged, frozen parts trained in bf16 rebuilt in fp32)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a Lightning .ckpt written by `lightning fit` (trainable weights only)")
+    parser.add_argument("checkpoint", help="a Lightning .ckpt written by `lightning fit` (trainable weights only; "
+                        "LoRA adapters are merged into the exported weights)")
     parser.add_argument("--out", required=True, help="output model folder (docs/design.md)")
     parser.add_argument("--config", default=None,
                         help="the training config (default: the config.yaml Lightning saved in the checkpoint's run folder)")

@@ -105,9 +105,18 @@ def shard_problems(key: str, spec: Any) -> list[str]:
     return problems
 
 
+def precision_problems(config: dict[str, Any]) -> list[str]:
+    """``model.init_args.frozen_dtype`` (frozen parts stored in bf16/fp16) runs under autocast only."""
+    frozen = _init_args(config.get("model")).get("frozen_dtype")
+    precision = str((config.get("trainer") or {}).get("precision", "32-true"))
+    if frozen in (None, "float32") or precision in ("16", "bf16") or precision.endswith("-mixed"):  # 16/bf16: aliases
+        return []
+    return [f"model.init_args.frozen_dtype: {frozen} needs trainer.precision bf16-mixed or 16-mixed, got {precision}"]
+
+
 def config_problems(config: dict[str, Any], subcommand: str) -> list[str]:
     """Every problem with the paths in one subcommand's config (a dict), all at once."""
-    problems = model_problems(config.get("model") or {})
+    problems = model_problems(config.get("model") or {}) + precision_problems(config)
     data = _init_args(config.get("data"))
     for name in (["train_shards"] if subcommand == "fit" else []) + ["val_shards"]:
         problems += shard_problems(f"data.init_args.{name}", data.get(name))

@@ -34,7 +34,7 @@ def test_dry_run_takes_the_8bit_recipe_where_bitsandbytes_is_installed(tmp_path)
     import yaml
 
     cfg = yaml.safe_load(open("configs/tiny.yaml"))
-    cfg["model"]["init_args"]["use_8bit_adam"] = True
+    cfg["model"]["init_args"]["optimizer"] = {"class_path": "bitsandbytes.optim.AdamW8bit", "init_args": {"lr": 1e-4}}
     (tmp_path / "tiny8.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
     assert main(["--out", str(out), "--device", "cpu", "--config", "configs/tiny.yaml", "--config-24gb",

@@ -103,9 +103,6 @@ def _forward_memory(device: str, dtype: torch.dtype) -> tuple[int, int]:
 
     with torch.device("meta"):
         module = AnyDoorModule(**TINY_MODEL_KWARGS)
-    from diffusers import DDPMScheduler
-
-    module.noise_scheduler = DDPMScheduler(**module.scheduler_config())
     with FakeTensorMode(allow_non_fake_inputs=True):
         materialize(module, device)
         tracker = PeakMemory()

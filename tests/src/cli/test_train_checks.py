@@ -171,3 +171,11 @@ def test_a_config_value_the_trainer_rejects_is_one_line(monkeypatch, capsys, tmp
     assert code == 2
     assert err.splitlines() == ["error: MisconfigurationException: `Timer(duration='25min')` is not a valid duration. "
                                 "Expected a string in the format DD:HH:MM:SS."]
+
+
+def test_frozen_parts_in_bf16_need_a_mixed_precision():
+    config = {"model": {"init_args": {"frozen_dtype": "bfloat16"}}, "trainer": {"precision": "32-true"}}
+    assert config_problems(config, "validate") == [
+        "model.init_args.frozen_dtype: bfloat16 needs trainer.precision bf16-mixed or 16-mixed, got 32-true"]
+    config["trainer"]["precision"] = "bf16-mixed"
+    assert config_problems(config, "validate") == []
