@@ -49,7 +49,8 @@ def model_problems(model: dict[str, Any]) -> list[str]:
     args, problems = _init_args(model), []
     key = "model.init_args"
     sd_path = args.get("sd_path")
-    first_stage = dict(args.get("first_stage") or {"type": "vae"})
+    vae_key = "vae" if "vae" in args or "first_stage" not in args else "first_stage"  # first_stage: older configs
+    first_stage = dict(args.get(vae_key) or {"type": "vae"})
     vae_path = first_stage.get("path")
     if sd_path:
         if not Path(sd_path).is_dir():
@@ -57,10 +58,10 @@ def model_problems(model: dict[str, Any]) -> list[str]:
         else:
             parts = ["unet"] + (["vae"] if first_stage.get("type", "vae") == "vae" and not vae_path else [])
             problems += [f"{key}.sd_path: {why}" for part in parts if (why := _diffusers_part(Path(sd_path) / part))]
-    elif "first_stage" in args and first_stage.get("type", "vae") == "vae" and not vae_path:
-        problems.append(f"{key}.first_stage: a VAE first stage needs sd_path or first_stage.path")
+    elif vae_key in args and first_stage.get("type", "vae") == "vae" and not vae_path:
+        problems.append(f"{key}.{vae_key}: a VAE needs sd_path or {vae_key}.path")
     if vae_path and (why := _diffusers_part(Path(vae_path))):
-        problems.append(f"{key}.first_stage.path: {why}")
+        problems.append(f"{key}.{vae_key}.path: {why}")
     weights = (args.get("id_encoder") or {}).get("weights")
     if weights and not REMOTE.match(str(weights)) and not Path(weights).is_file():
         problems.append(f"{key}.id_encoder.weights: {_where(weights)}: no such file")

@@ -93,10 +93,14 @@ def test_special_and_remote_checkpoint_paths_are_left_to_lightning():
         assert config_problems({"ckpt_path": ckpt}, "fit") == []
 
 
-def test_a_vae_first_stage_needs_a_source():
-    assert config_problems({"model": {"init_args": {"first_stage": {"type": "vae"}}}}, "fit") == [
-        "model.init_args.first_stage: a VAE first stage needs sd_path or first_stage.path"]
-    assert config_problems({"model": {"init_args": {"first_stage": {"type": "space_to_depth"}}}}, "fit") == []
+def test_a_vae_needs_a_source(tmp_path):
+    assert config_problems({"model": {"init_args": {"vae": {"type": "vae"}}}}, "fit") == [
+        "model.init_args.vae: a VAE needs sd_path or vae.path"]
+    assert config_problems({"model": {"init_args": {"vae": {"type": "vae", "path": str(tmp_path / "no")}}}}, "fit") == [
+        f"model.init_args.vae.path: {tmp_path / 'no'}: no such folder"]
+    assert config_problems({"model": {"init_args": {"vae": {"type": "space_to_depth"}}}}, "fit") == []
+    assert config_problems({"model": {"init_args": {"first_stage": {"type": "vae"}}}}, "fit") == [  # an older config
+        "model.init_args.first_stage: a VAE needs sd_path or first_stage.path"]
 
 
 def test_jsonargparse_union_message_is_cut_to_key_and_reason():
