@@ -107,6 +107,10 @@ class PipelineMethod(Method):
     is scored on the same crops), passed to the pipeline explicitly. Each job's noise is seeded with
     the job file's ``seed`` when it gives one, else from ``seed`` and the job's name, so outputs do
     not depend on the batch and every model draws the same noise for the same job.
+
+    ``composite``: ``None`` scores the model's own crop (before anything is pasted back); ``crop``,
+    ``box`` or ``mask`` score the image the user gets with that compositing mode (the pipeline's
+    ``composite``), cut to the evaluation's crop, so the background metrics compare the modes.
     """
 
     def __init__(
@@ -117,7 +121,13 @@ class PipelineMethod(Method):
         seed: int = 0,
         scheduler: str | None = None,
         device: str = "cpu",
+        composite: str | None = None,
     ):
+        from src.image_ops import COMPOSITE_MODES
+
+        if composite is not None and composite not in COMPOSITE_MODES:
+            raise ValueError(f"composite must be one of {COMPOSITE_MODES} or null (the raw crop), got {composite!r}")
+        self.composite = composite
         if isinstance(model, (str, Path)):
             from models.pipeline import AnyDoorPipeline
 
@@ -135,7 +145,8 @@ class PipelineMethod(Method):
         return int(self.pipeline.crop_size)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.source, "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler, "seed": self.seed}
+        return {"model": self.source, "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
+                "seed": self.seed, "composite": self.composite or "none (raw crop)"}
 
     def __call__(self, jobs: list[PreparedJob]) -> Tensor:
         from models.pipeline import Job as PipelineJob
@@ -146,12 +157,16 @@ class PipelineMethod(Method):
                       for j in jobs]
         result = self.pipeline(
             calls, num_inference_steps=self.steps, guidance_scale=self.guidance, scheduler=self.scheduler, generator=generators,
-            progress=False, **DEFAULT_PREPROCESSING._asdict(),  # evaluation.jobs prepares with these
+            progress=False, composite=self.composite or "box", **DEFAULT_PREPROCESSING._asdict(),  # as evaluation.jobs
         )
         for job, box in zip(jobs, result.boxes):
             if tuple(box) != tuple(job.transform.box):
                 raise ValueError(f"job {job.name!r}: the pipeline cropped {tuple(box)}, the evaluation {tuple(job.transform.box)}")
-        crops = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255.0 for c in result.crops])
+        if self.composite is None:
+            crops = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255.0 for c in result.crops])
+        else:  # the composited full image, cut to the same crop (padding as the target's)
+            crops = torch.stack([torch.from_numpy(job.transform.apply(image, pad_value=0)).permute(2, 0, 1).float() / 255.0
+                                 for job, image in zip(jobs, result.images)])
         if crops.shape[-1] != jobs[0].target.shape[-1]:
             raise ValueError(f"the pipeline's crop is {crops.shape[-1]} px, the evaluation's {jobs[0].target.shape[-1]}: set size to {crops.shape[-1]}")
         return crops
@@ -178,6 +193,7 @@ class ModuleMethod(PipelineMethod):
         seed: int = 0,
         scheduler: str | None = None,
         device: str = "cpu",
+        composite: str | None = None,
     ):
         from models.anydoor_module import AnyDoorModule
 
@@ -197,7 +213,8 @@ class ModuleMethod(PipelineMethod):
             if ema:
                 module.ema.copy_to(module.trainable_parameters().values())  # this module only samples from now on
             source = f"{path} (step {step}{', EMA' if ema else ''})"
-        super().__init__(module.to_pipeline(), steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, device=device)
+        super().__init__(module.to_pipeline(), steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, device=device,
+                         composite=composite)
         self.source = source
 
 

@@ -53,8 +53,15 @@ class AnyDoorModule(LightningModule):
         zero_init_collage_embedding: zero the embedding's last conv (the reference); false for a
             model trained from scratch (docs/training.md).
         init_seed: seed of every random init; frozen random parts are rebuilt from it, never stored.
-        noise_schedule: diffusers scheduler config entries over SD's (``prediction_type``,
-            ``rescale_betas_zero_snr``, ``timestep_spacing`` of the recommended DDIM sampler, ...).
+        noise_schedule: diffusers scheduler config entries over SD's (``prediction_type``: ``epsilon``,
+            ``v_prediction`` or ``sample``; ``rescale_betas_zero_snr``, ``timestep_spacing`` and
+            ``set_alpha_to_one`` (a last step that returns the clean estimate) of the recommended DDIM
+            sampler, ...).
+        collage_residual: predict the clean latent as the collage's latent plus the U-Net's output
+            (zero-init ``conv_out``, so training starts from the collage's pixel-exact scene); needs
+            ``prediction_type: sample``. The tiny default's deviation from the authors (docs/training.md).
+        train_unet_encoder: train the U-Net encoder too (a from-scratch model has nothing to keep there;
+            the authors freeze SD's pretrained one, the default).
         uniform_timesteps: draw training timesteps uniformly when the batch has none; by default a
             batch without ``timesteps`` (no ``FrequencyAwareTimesteps`` callback) is an error.
         train_projector: train the ID projector too.
@@ -85,6 +92,8 @@ class AnyDoorModule(LightningModule):
         init_seed: int = 0,
         noise_schedule: Optional[dict[str, Any]] = None,
         uniform_timesteps: bool = False,
+        collage_residual: bool = False,
+        train_unet_encoder: bool = False,
         train_projector: bool = True,
         cfg_drop_prob: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -108,11 +117,17 @@ class AnyDoorModule(LightningModule):
         if frozen_dtype is not None and frozen_dtype not in FROZEN_DTYPES:
             raise ValueError(f"frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {frozen_dtype!r}")
         lora = lora_settings(lora) if lora is not None else None
+        schedule = {**NOISE_SCHEDULE, **(noise_schedule or {})}
+        # DDIM's last step lands on alpha 1 (the clean estimate) or, as SD, on alphas_cumprod[0]
+        self.final_alpha_one = bool(schedule.pop("set_alpha_to_one", False))
         with torch.device("cpu"):  # the schedule's tables stay CPU tensors whatever device builds the module
-            self.noise_scheduler = DDPMScheduler(**{**NOISE_SCHEDULE, **(noise_schedule or {})})
-        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', "
-                             f"got {self.noise_scheduler.config.prediction_type!r}")
+            self.noise_scheduler = DDPMScheduler(**schedule)
+        prediction = self.noise_scheduler.config.prediction_type
+        if prediction not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction!r}")
+        if collage_residual and prediction != "sample":
+            raise ValueError(f"collage_residual needs noise_schedule.prediction_type 'sample' (the clean latent), "
+                             f"got {prediction!r}")
         with seeded_init(init_seed):
             unet = build_unet(sd_path, unet_config)
             self.vae = build_vae(sd_path, vae)
@@ -125,8 +140,12 @@ class AnyDoorModule(LightningModule):
             raise ValueError(f"the collage embedding downsamples by {factor} but the first stage by "
                              f"{latent_factor(self.vae)}; they must match")
         self.vae.requires_grad_(False)
+        if collage_residual:  # the model's first guess is the collage itself
+            torch.nn.init.zeros_(unet.conv_out.weight)
+            torch.nn.init.zeros_(unet.conv_out.bias)
         self.denoiser = AnyDoorDenoiser(unet, controlnet)
-        self.denoiser.freeze_unet_encoder()
+        if not train_unet_encoder:
+            self.denoiser.freeze_unet_encoder()
         if lora is not None:
             with seeded_init(init_seed + 1):  # adapters' own init (lora_A); the base weights are as without
                 add_lora(self.denoiser, **lora)
@@ -183,14 +202,18 @@ class AnyDoorModule(LightningModule):
         tokens = self.id_tokens(batch["reference"], drop)
         noise = torch.randn(latents.shape, device=self.device, generator=gen, dtype=latents.dtype)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        epsilon = self.noise_scheduler.config.prediction_type == "epsilon"
-        goal = noise if epsilon else self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        pred = self.denoiser(noisy, timesteps, tokens, batch["collage"])
+        prediction = self.noise_scheduler.config.prediction_type
+        goal = {"epsilon": noise, "sample": latents}.get(prediction)
+        if goal is None:
+            goal = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        scene = (encode_images(self.vae, batch["collage"][:, :3], mode=True).float()
+                 if self.hparams.collage_residual else None)
+        pred = self.denoiser(noisy, timesteps, tokens, batch["collage"], scene)
         per_sample = F.mse_loss(pred.float(), goal.float(), reduction="none").mean(dim=(1, 2, 3))
         gamma = self.hparams.min_snr_gamma
-        if gamma:
+        if gamma:  # min(SNR, gamma) as a weight on the x0 error, whatever the prediction
             snr = compute_snr(self.noise_scheduler, timesteps)
-            per_sample = per_sample * snr.clamp(max=gamma) / (snr if epsilon else snr + 1)
+            per_sample = per_sample * snr.clamp(max=gamma) / {"epsilon": snr, "sample": 1.0}.get(prediction, snr + 1)
         return per_sample.mean()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -258,12 +281,13 @@ class AnyDoorModule(LightningModule):
         as it is); the others stay shared. For EMA weights, use it inside ``ema_weights()``."""
         from models.pipeline import AnyDoorPipeline
 
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, set_alpha_to_one=False)
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, set_alpha_to_one=self.final_alpha_one)
         sampling = {"scheduler": "ddim", "steps": self.hparams.sample_steps, "guidance": self.hparams.guidance_scale}
         parts = [self.id_encoder, self.denoiser.controlnet, self.denoiser.unet, self.vae]
         if plain:
             parts = [plain_copy(p) if needs_plain_copy(p) else p for p in parts]
-        return AnyDoorPipeline(*parts, scheduler, sampling=sampling, preprocessing=preprocessing._asdict())
+        return AnyDoorPipeline(*parts, scheduler, sampling=sampling, preprocessing=preprocessing._asdict(),
+                               collage_residual=self.hparams.collage_residual)
 
     @torch.no_grad()
     def generate(self, pipe: Any, batch: dict[str, torch.Tensor], steps: Optional[int] = None,

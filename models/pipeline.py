@@ -27,7 +27,8 @@ from torch import nn
 
 from models.checks import check_folder, check_job, check_parts, check_weights_complete
 from models.components.denoiser import AnyDoorDenoiser
-from models.components.first_stage import SpaceToDepthFirstStage, decode_latents, latent_channels, latent_factor
+from models.components.first_stage import (SpaceToDepthFirstStage, decode_latents, encode_images, latent_channels,
+                                           latent_factor)
 from models.components.id_encoder import IDEncoder
 from src.conditioning import DEFAULT_PREPROCESSING, Preprocessing, prepare_reference, prepare_target
 from src.image_ops import changed_box, composite_region
@@ -102,7 +103,9 @@ def _nchw_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torc
 class AnyDoorPipeline(DiffusionPipeline):
     """Parts: ``id_encoder``, ``controlnet``, ``unet``, ``vae`` (AutoencoderKL or the tiny
     space-to-depth first stage), ``scheduler``; ``sampling`` / ``preprocessing``: the folder's
-    recommendations (``None``: the fallbacks, with a warning at load)."""
+    recommendations (``None``: the fallbacks, with a warning at load); ``collage_residual``: the model
+    predicts the clean latent as the collage's latent plus the U-Net's output (the tiny default;
+    ``models.components.denoiser``)."""
 
     model_cpu_offload_seq = "id_encoder->controlnet->unet->vae"
 
@@ -115,15 +118,19 @@ class AnyDoorPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         sampling: Optional[dict] = None,
         preprocessing: Optional[dict] = None,
+        collage_residual: bool = False,
     ) -> None:
         super().__init__()
+        if collage_residual and scheduler.config.prediction_type != "sample":
+            raise ValueError("collage_residual needs a model that predicts the clean latent (prediction_type "
+                             f"'sample'); the scheduler says {scheduler.config.prediction_type!r}")
         check_parts(id_encoder, controlnet, unet, vae)
         if sampling is not None:
             sampling = SamplingSettings.from_config(dict(sampling))._asdict()
         if preprocessing is not None:
             preprocessing = Preprocessing.from_config(dict(preprocessing))._asdict()
         self.register_modules(id_encoder=id_encoder, controlnet=controlnet, unet=unet, vae=vae, scheduler=scheduler)
-        self.register_to_config(sampling=sampling, preprocessing=preprocessing)
+        self.register_to_config(sampling=sampling, preprocessing=preprocessing, collage_residual=bool(collage_residual))
         self._uncond_cache: tuple[Any, torch.Tensor] | None = None
         self._layout_hooks: list[Any] = []
 
@@ -286,12 +293,15 @@ class AnyDoorPipeline(DiffusionPipeline):
         collage = collage.to(self.device, self.dtype)
         collages = (torch.cat([collage, collage]) if guided else collage).contiguous(memory_format=fmt)
         tokens = tokens.to(self.device, self.dtype)
+        scene = None
+        if self.config.get("collage_residual", False):  # folders written before it have no such entry
+            scene = encode_images(self.vae, collages[:, :3], mode=True).to(self.dtype)
         denoiser = AnyDoorDenoiser(self.unet, self.controlnet)
         step_kwargs = {"eta": eta, "generator": generator} if scheduler == "ddim" else {"generator": generator}
         for t in tqdm(sched.timesteps, desc="denoising", disable=not progress, leave=False):
             x = torch.cat([latents, latents]) if guided else latents
             x = sched.scale_model_input(x, t).contiguous(memory_format=fmt)
-            eps = denoiser(x, t.expand(x.shape[0]), tokens, collages)
+            eps = denoiser(x, t.expand(x.shape[0]), tokens, collages, scene)
             if guided:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)

@@ -1,4 +1,10 @@
-"""U-Net + detail extractor as one denoiser; shared by training and the inference pipeline."""
+"""U-Net + detail extractor as one denoiser; shared by training and the inference pipeline.
+
+Collage residual (``scene``, the tiny default only; a deviation from the authors): a model whose
+prediction is the clean latent (``prediction_type: sample``) can predict it as the collage's own
+first-stage latent plus the U-Net's correction. Outside the box the collage *is* the target scene, so
+the model starts from a pixel-exact background and learns only what changes (docs/training.md).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ class AnyDoorDenoiser(nn.Module):
         timesteps: torch.Tensor,
         id_tokens: torch.Tensor,
         collage: torch.Tensor,
+        scene: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The U-Net's prediction, plus ``scene`` (the collage's latent, collage residual) when given."""
         down_res, mid_res = self.controlnet(
             noisy_latents,
             timesteps,
@@ -31,7 +39,7 @@ class AnyDoorDenoiser(nn.Module):
             controlnet_cond=collage.to(noisy_latents.dtype),
             return_dict=False,
         )
-        return self.unet(
+        out = self.unet(
             noisy_latents,
             timesteps,
             encoder_hidden_states=id_tokens,
@@ -39,6 +47,7 @@ class AnyDoorDenoiser(nn.Module):
             mid_block_additional_residual=mid_res,
             return_dict=False,
         )[0]
+        return out if scene is None else out + scene.to(out.dtype)
 
     def freeze_unet_encoder(self) -> None:
         """Encoder half frozen (its activations then carry no graph); decoder half trainable."""

@@ -71,12 +71,15 @@ def latent_channels(vae: nn.Module) -> int:
 
 
 @torch.no_grad()
-def encode_images(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Scaled latents of images in [-1, 1]; a VAE's posterior is sampled with ``generator``."""
+def encode_images(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | None = None,
+                  mode: bool = False) -> torch.Tensor:
+    """Scaled latents of images in [-1, 1]; a VAE's posterior is sampled with ``generator``, or its
+    mode taken (``mode``: a deterministic encoding, e.g. of the collage's scene)."""
     if isinstance(vae, SpaceToDepthFirstStage):
         latents = vae.encode(images)
     else:
-        latents = vae.encode(images.to(vae.dtype)).latent_dist.sample(generator=generator)
+        posterior = vae.encode(images.to(vae.dtype)).latent_dist
+        latents = posterior.mode() if mode else posterior.sample(generator=generator)
     return latents * vae.config.scaling_factor
 
 

@@ -113,3 +113,25 @@ def test_unreadable_and_code_carrying_checkpoints_are_refused(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.ckpt")
     with pytest.raises(ValueError, match="plain.ckpt: not a Lightning checkpoint"):
         read_checkpoint(tmp_path / "plain.ckpt")
+
+
+def test_compositing_modes_are_scored_on_what_the_user_gets(prepared):
+    """``composite`` scores the pasted-back image cut to the crop: with ``box`` everything outside the
+    grown box is the input target byte for byte (an exact background score); the raw crop is the
+    model's own output, which a random model does not keep; ``crop`` pastes (nearly) the whole crop."""
+    from evaluation.runner import score_job
+    from tests.fakes import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    raw, box, crop = (PipelineMethod(pipe, steps=1, composite=c)(prepared) for c in (None, "box", "crop"))
+    for k, job in enumerate(prepared):
+        scores = {name: score_job(job, images[k], {}) for name, images in (("raw", raw), ("box", box), ("crop", crop))}
+        assert scores["box"]["psnr_bg"] == float("inf")  # SSIM windows straddling the box keep it below 1
+        assert scores["raw"]["psnr_bg"] < 30 and scores["crop"]["psnr_bg"] < 30
+        assert scores["box"]["ssim_bg"] > max(scores["raw"]["ssim_bg"], scores["crop"]["ssim_bg"])
+        changed = (box[k] != job.target).any(0).nonzero()  # every changed pixel lies inside the box
+        x1, y1, x2, y2 = job.box
+        assert len(changed) and changed[:, 0].min() >= y1 and changed[:, 0].max() < y2
+        assert changed[:, 1].min() >= x1 and changed[:, 1].max() < x2
+    with pytest.raises(ValueError, match="composite must be one of"):
+        PipelineMethod(pipe, composite="everything")

@@ -168,3 +168,27 @@ def test_min_snr_weights_each_sample_by_min_snr_gamma_over_snr(prediction_type, 
                                                torch.Generator().manual_seed(i)) for i in range(2)])
     assert torch.allclose(got.mean(), expected, rtol=1e-5)
     assert weights[0] < 1 < snr[0]  # a low-noise sample is down-weighted
+
+
+def test_collage_residual_starts_from_the_collage_scene(tmp_path):
+    """With ``collage_residual`` the untrained model's one-step output *is* the collage (zero-init
+    ``conv_out``): the scene outside the box exactly, before any training; the saved pipeline keeps
+    the behaviour, and the option is refused where the prediction is not the clean latent."""
+    from models.pipeline import AnyDoorPipeline
+
+    kwargs = {**TINY_MODEL_KWARGS, "collage_residual": True, "train_unet_encoder": True,
+              "noise_schedule": {"prediction_type": "sample", "rescale_betas_zero_snr": True, "set_alpha_to_one": True}}
+    module = AnyDoorModule(**kwargs)
+    assert module.denoiser.unet.conv_in.weight.requires_grad  # the encoder trains too
+    batch = _batch()
+    for pipe in (module.to_pipeline(), None):
+        if pipe is None:
+            module.to_pipeline().save_pretrained(tmp_path / "m")
+            pipe = AnyDoorPipeline.from_pretrained(tmp_path / "m")
+        out = module.generate(pipe, batch, steps=1, guidance=1.0, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(out, batch["collage"][:, :3].clamp(-1, 1), atol=1e-5)
+    loss = module.diffusion_loss({**batch, "timesteps": torch.tensor([3, 997])})
+    loss.backward()
+    assert module.denoiser.unet.conv_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="collage_residual needs"):
+        AnyDoorModule(**{**kwargs, "noise_schedule": {"prediction_type": "v_prediction"}})

@@ -64,8 +64,9 @@ def test_tiny_config_builds_the_model_it_describes():
     module = AnyDoorModule.from_config_file(ROOT / "configs" / "tiny.yaml")
     size = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["data"]["init_args"]["image_size"]
     assert size // latent_factor(module.vae) == module.denoiser.unet.config.sample_size
-    assert module.noise_scheduler.config.prediction_type == "v_prediction"
-    assert module.to_pipeline().crop_size == size
+    assert module.noise_scheduler.config.prediction_type == "sample" and module.hparams.collage_residual
+    pipe = module.to_pipeline()
+    assert pipe.crop_size == size and pipe.config.collage_residual
 
 
 def _tiny_fit_config(tmp_path):

@@ -247,9 +247,9 @@ def test_unconditional_branch_is_black_reference_with_the_collage(pipe, monkeypa
     seen = []
     original = models.pipeline.AnyDoorDenoiser.forward
 
-    def spy(self, x, t, ids, collage):
+    def spy(self, x, t, ids, collage, scene=None):
         seen.append((x.clone(), ids.clone(), collage.clone()))
-        return original(self, x, t, ids, collage)
+        return original(self, x, t, ids, collage, scene)
 
     monkeypatch.setattr(models.pipeline.AnyDoorDenoiser, "forward", spy)
     collage = torch.from_numpy(prepared[1].sample["collage"])[None]
