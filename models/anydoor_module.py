@@ -23,7 +23,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from models.builders import build_unet, build_vae, seeded_init
-from models.components.denoiser import AnyDoorDenoiser
+from models.components.denoiser import AnyDoorDenoiser, scene_latents
 from models.components.detail_extractor import COLLAGE_EMBEDDING_CHANNELS, build_detail_extractor
 from models.components.first_stage import encode_images, latent_factor
 from models.components.id_encoder import IDEncoder
@@ -206,7 +206,7 @@ class AnyDoorModule(LightningModule):
         goal = {"epsilon": noise, "sample": latents}.get(prediction)
         if goal is None:
             goal = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        scene = (encode_images(self.vae, batch["collage"][:, :3], mode=True).float()
+        scene = (scene_latents(self.vae, batch["collage"]).float()
                  if self.hparams.collage_residual else None)
         pred = self.denoiser(noisy, timesteps, tokens, batch["collage"], scene)
         per_sample = F.mse_loss(pred.float(), goal.float(), reduction="none").mean(dim=(1, 2, 3))

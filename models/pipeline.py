@@ -26,9 +26,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
 from models.checks import check_folder, check_job, check_parts, check_weights_complete
-from models.components.denoiser import AnyDoorDenoiser
-from models.components.first_stage import (SpaceToDepthFirstStage, decode_latents, encode_images, latent_channels,
-                                           latent_factor)
+from models.components.denoiser import AnyDoorDenoiser, scene_latents
+from models.components.first_stage import SpaceToDepthFirstStage, decode_latents, latent_channels, latent_factor
 from models.components.id_encoder import IDEncoder
 from src.conditioning import DEFAULT_PREPROCESSING, Preprocessing, prepare_reference, prepare_target
 from src.image_ops import changed_box, composite_region
@@ -295,7 +294,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         tokens = tokens.to(self.device, self.dtype)
         scene = None
         if self.config.get("collage_residual", False):  # folders written before it have no such entry
-            scene = encode_images(self.vae, collages[:, :3], mode=True).to(self.dtype)
+            scene = scene_latents(self.vae, collages).to(self.dtype)
         denoiser = AnyDoorDenoiser(self.unet, self.controlnet)
         step_kwargs = {"eta": eta, "generator": generator} if scheduler == "ddim" else {"generator": generator}
         for t in tqdm(sched.timesteps, desc="denoising", disable=not progress, leave=False):

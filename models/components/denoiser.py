@@ -3,7 +3,10 @@
 Collage residual (``scene``, the tiny default only; a deviation from the authors): a model whose
 prediction is the clean latent (``prediction_type: sample``) can predict it as the collage's own
 first-stage latent plus the U-Net's correction. Outside the box the collage *is* the target scene, so
-the model starts from a pixel-exact background and learns only what changes (docs/training.md).
+the model starts from a pixel-exact background and learns only what changes (docs/training.md). The
+hole (where the location channel is on) starts as the mean colour of the scene around it, the
+background-fill guess, rather than the black of the detail map: the map still reaches the model
+through the ControlNet.
 """
 
 from __future__ import annotations
@@ -12,7 +15,23 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
+from models.components.first_stage import encode_images
+
 DECODER_PARTS = ("up_blocks", "conv_norm_out", "conv_out")
+
+
+def hole_filled(collage: torch.Tensor) -> torch.Tensor:
+    """The collage's RGB (``B x 3 x S x S``) with the hole (location channel > 0.5) set to the mean
+    colour of the scene pixels (location channel 0; padding and the hole excluded)."""
+    rgb, location = collage[:, :3], collage[:, 3:4]
+    scene = (location.abs() < 0.5).to(rgb.dtype)
+    mean = (rgb * scene).sum((2, 3), keepdim=True) / scene.sum((2, 3), keepdim=True).clamp(min=1.0)
+    return torch.where(location > 0.5, mean, rgb)
+
+
+def scene_latents(vae: nn.Module, collage: torch.Tensor) -> torch.Tensor:
+    """The collage residual's base: ``hole_filled(collage)`` through the first stage (deterministic)."""
+    return encode_images(vae, hole_filled(collage), mode=True)
 
 
 class AnyDoorDenoiser(nn.Module):

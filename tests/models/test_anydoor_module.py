@@ -171,9 +171,10 @@ def test_min_snr_weights_each_sample_by_min_snr_gamma_over_snr(prediction_type, 
 
 
 def test_collage_residual_starts_from_the_collage_scene(tmp_path):
-    """With ``collage_residual`` the untrained model's one-step output *is* the collage (zero-init
-    ``conv_out``): the scene outside the box exactly, before any training; the saved pipeline keeps
-    the behaviour, and the option is refused where the prediction is not the clean latent."""
+    """With ``collage_residual`` the untrained model's one-step output *is* the hole-filled collage
+    (zero-init ``conv_out``): the scene outside the box exactly, before any training; the saved
+    pipeline keeps the behaviour, and the option is refused where the prediction is not the clean latent."""
+    from models.components.denoiser import hole_filled
     from models.pipeline import AnyDoorPipeline
 
     kwargs = {**TINY_MODEL_KWARGS, "collage_residual": True, "train_unet_encoder": True,
@@ -186,9 +187,23 @@ def test_collage_residual_starts_from_the_collage_scene(tmp_path):
             module.to_pipeline().save_pretrained(tmp_path / "m")
             pipe = AnyDoorPipeline.from_pretrained(tmp_path / "m")
         out = module.generate(pipe, batch, steps=1, guidance=1.0, generator=torch.Generator().manual_seed(0))
-        assert torch.allclose(out, batch["collage"][:, :3].clamp(-1, 1), atol=1e-5)
+        assert torch.allclose(out, hole_filled(batch["collage"]).clamp(-1, 1), atol=1e-5)
     loss = module.diffusion_loss({**batch, "timesteps": torch.tensor([3, 997])})
     loss.backward()
     assert module.denoiser.unet.conv_out.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="collage_residual needs"):
         AnyDoorModule(**{**kwargs, "noise_schedule": {"prediction_type": "v_prediction"}})
+
+
+def test_hole_filled_uses_the_mean_of_the_scene_around_the_hole():
+    from models.components.denoiser import hole_filled
+
+    collage = torch.zeros(1, 4, 4, 4)
+    collage[0, :3] = torch.arange(16.0).view(4, 4) / 16  # the same ramp in R, G, B
+    collage[0, 3, 1:3, 1:3] = 1.0  # the hole
+    collage[0, 3, 3, :] = -1.0  # padding: neither scene nor hole
+    out = hole_filled(collage)
+    scene = [0, 1, 2, 3, 4, 7, 8, 11]  # row-major indices of location 0
+    assert torch.allclose(out[0, :, 1:3, 1:3], torch.tensor(scene, dtype=torch.float32).mean() / 16)
+    keep = collage[0, 3] != 1.0
+    assert torch.equal(out[0][:, keep], collage[0, :3][:, keep])
