@@ -124,6 +124,19 @@ def compare_solvers(pipe, job, seed: int = 0) -> dict[str, float]:
     return res
 
 
+def compare_precision(pipe, job, steps: int, scheduler: str, seed: int = 0) -> dict[str, float]:
+    """The same job, seed and sampler in fp32 and bf16: grey-level differences of the 8-bit outputs."""
+    outs = {p: pipe(job, num_inference_steps=steps, scheduler=scheduler, generator=torch.Generator().manual_seed(seed),
+                    progress=False, precision=p) for p in PRECISIONS}
+    crop = np.abs(outs["bf16"].crops[0].astype(np.int16) - outs["fp32"].crops[0].astype(np.int16))
+    image = np.abs(outs["bf16"].images[0].astype(np.int16) - outs["fp32"].images[0].astype(np.int16))
+    other = pipe(job, num_inference_steps=steps, scheduler=scheduler, generator=torch.Generator().manual_seed(seed + 1),
+                 progress=False).crops[0].astype(np.int16)
+    return {"crop_max": int(crop.max()), "crop_mean": round(float(crop.mean()), 3),
+            "image_max": int(image.max()), "image_mean": round(float(image.mean()), 3),
+            "crop_mean_other_seed_fp32": round(float(np.abs(other - outs["fp32"].crops[0]).mean()), 3)}
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
@@ -177,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unbatched", action="store_true", help="also time cond and uncond as two passes")
     parser.add_argument("--compare-solvers", action="store_true",
                         help="only compare DPM-Solver++ / DDIM step counts against DDIM 50 (use with --size tiny)")
+    parser.add_argument("--compare-precision", action="store_true",
+                        help="only compare fp32 and bf16 outputs (8-bit grey levels) of one job, same seed")
     parser.add_argument("--contiguous", action="store_true",
                         help="NCHW convolutions (default: channels-last, GroupNorm kept NCHW: use_channels_last)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -207,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         t, pipe = _timed(lambda: random_pipeline(args.size).to(device, dtype), device)
     pipe.use_channels_last(not args.contiguous)
+    if args.compare_precision:
+        res["precision_diff_levels"] = compare_precision(pipe, make_job(), args.e2e_steps or 20, args.scheduler)
+        print(json.dumps(res, indent=2))
+        return 0
     if args.compare_solvers:
         res["solver_mean_abs_diff_levels"] = compare_solvers(pipe, make_job())
         print(json.dumps(res, indent=2))
