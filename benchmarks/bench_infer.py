@@ -27,6 +27,7 @@ import torch
 from models.components.denoiser import AnyDoorDenoiser
 from models.components.first_stage import latent_channels, latent_factor
 from models.components.precision import PRECISIONS, autocast, cpu_has_native_bf16
+from src.cpu_allocator import keep_freed_memory
 
 # The authors' code, full size, fp32 CPU: 2 threads (issue 5; generation = DDIM 50) and 1 thread (issue 16).
 REFERENCE_CPU = {"guided_step_s": 28.0, "id_encoder_s": 4.9, "vae_decode_s": 19.0,
@@ -163,7 +164,8 @@ def reference_for(res: dict) -> dict | None:
 def rows_table(res: dict, reference: dict | None) -> str:
     """The issue's rows: ours (wall, process CPU), the authors' figure and the ratio."""
     cpu = res.get("process_cpu_s", {})
-    lines = [f"precision {res['precision']}, {res['threads']} thread(s), load {res['load_average_start']} -> "
+    lines = [f"precision {res['precision']}, {res['threads']} thread(s), malloc keeps freed memory: "
+             f"{res['malloc_keeps_freed_memory']}, load {res['load_average_start']} -> "
              f"{res['load_average_end']}, {res['date']}",
              f"{'part':<14}{'ours wall s':>12}{'ours CPU s':>12}{'authors s':>11}{'ratio':>8}"]
     keys = list(ROWS) + [("end to end", k) for k in res if k.startswith("generation_") and k.endswith("_s")
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fp32, or bf16 autocast around every part (fp32 weights)")
     parser.add_argument("--part-error", action="store_true",
                         help="with --precision bf16: also run each part in fp32 and report the relative error")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave glibc's allocator as it is (default: keep freed memory, as anydoor generate does)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--model", default=None,
                         help="a pretrained folder (e.g. a make-train export) instead of random weights; overrides --size")
@@ -206,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
+    kept = False if args.malloc_default else keep_freed_memory()
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     res: dict[str, object] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                               "load_average_start": _load(), "size": args.size, "device": str(device),
                               "dtype": str(dtype).removeprefix("torch."), "precision": args.precision,
                               "threads": torch.get_num_threads() if device.type == "cpu" else None,
-                              "cpu_native_bf16": cpu_has_native_bf16()}
+                              "cpu_native_bf16": cpu_has_native_bf16(), "malloc_keeps_freed_memory": kept}
     amp = lambda precision=args.precision: autocast(precision, device)  # noqa: E731  (a fresh context per part)
     if args.model:
         from models.pipeline import AnyDoorPipeline

@@ -156,9 +156,12 @@ def run(args: argparse.Namespace) -> int:
     from models.components.precision import default_precision
     from models.pipeline import AnyDoorPipeline, Job
     from src.collage import collage_picture
+    from src.cpu_allocator import keep_freed_memory
     from src.image_io import write_image
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        keep_freed_memory()  # large activations reused instead of faulted in again (src/cpu_allocator.py)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     try:
         pipe = AnyDoorPipeline.from_pretrained(args.model, torch_dtype=dtype, device=device)
