@@ -348,6 +348,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         prepared = [self.prepare(j, mask_channel=mask_channel, **geometry) for j in jobs]
         refs = torch.from_numpy(np.stack([p[0] for p in prepared]))
         collage = torch.from_numpy(np.stack([p[1].sample["collage"] for p in prepared]))
+        # one autocast per part: its cache of bf16 weight copies is freed before the next part runs
         with autocast(precision, self.device):
             tokens = self.encode_references(refs, settings.guidance != 1.0)
         with autocast(precision, self.device):

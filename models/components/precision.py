@@ -1,9 +1,10 @@
 """Inference precision: ``fp32`` or ``bf16`` (autocast), and whether this machine runs bf16 natively.
 
 ``bf16`` is ``torch.autocast(device, bfloat16)`` around the ID encoder, the guided steps and the
-first-stage decode: matrix products and convolutions run in bf16, normalisations, softmax and the
-sampler's arithmetic stay in fp32, and the weights stay fp32 (a model folder loads unchanged, the
-same pipeline can switch per call). On CPU this pays only where bf16 dot products are native
+first-stage decode: matrix products, convolutions and attention run in bf16 and hand bf16 on (CPU
+autocast keeps GroupNorm/LayerNorm in bf16 too, accumulating in fp32), the guidance combination,
+the sampler and the latents stay fp32, and the weights stay fp32 (a model folder loads unchanged,
+the same pipeline can switch per call). On CPU this pays only where bf16 dot products are native
 (``avx512_bf16`` or AMX); without them oneDNN emulates bf16 and is slower than fp32, so the default
 is bf16 only there (docs/inference.md, "Speed and memory", has the measured speed and grey-level
 differences).
