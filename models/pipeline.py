@@ -29,7 +29,7 @@ from models.checks import check_folder, check_job, check_parts, check_weights_co
 from models.components.denoiser import AnyDoorDenoiser
 from models.components.first_stage import SpaceToDepthFirstStage, decode_latents, latent_channels, latent_factor
 from models.components.id_encoder import IDEncoder
-from models.components.precision import autocast, autocast_state, check_precision
+from models.components.precision import autocast, autocast_state, cached_weight_casts, check_precision
 from src.conditioning import DEFAULT_PREPROCESSING, Preprocessing, prepare_reference, prepare_target
 from src.image_ops import changed_box, composite_region
 
@@ -351,7 +351,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         # one autocast per part: its cache of bf16 weight copies is freed before the next part runs
         with autocast(precision, self.device):
             tokens = self.encode_references(refs, settings.guidance != 1.0)
-        with autocast(precision, self.device):
+        with autocast(precision, self.device), cached_weight_casts(self.unet, self.controlnet):
             latents = self.denoise(tokens, collage, num_inference_steps=settings.steps,
                                    guidance_scale=settings.guidance, scheduler=settings.scheduler,
                                    timestep_spacing=timestep_spacing, eta=eta, generator=generator,

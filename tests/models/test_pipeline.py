@@ -410,3 +410,18 @@ def test_precision_is_checked_and_defaults_to_native_bf16_cpus(pipe, monkeypatch
     assert precision.default_precision("cpu") == "bf16" and precision.default_precision("cuda") == "fp32"
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert precision.default_precision("cpu") == "fp32"
+
+
+def test_cached_weight_casts_restores_flags_and_builds_no_graph():
+    from models.components.precision import autocast, cached_weight_casts
+
+    layer = torch.nn.Linear(8, 8).requires_grad_(False)
+    layer.bias.requires_grad_(True)
+    x = torch.randn(2, 8)
+    with torch.no_grad(), autocast("bf16", "cpu"):
+        plain = layer(x)
+        with cached_weight_casts(layer):
+            assert layer.weight.requires_grad
+            cached = [layer(x), layer(x)]
+    assert not layer.weight.requires_grad and layer.bias.requires_grad  # each flag as it was
+    assert all(torch.equal(c, plain) and not c.requires_grad for c in cached)
