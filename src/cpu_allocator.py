@@ -5,9 +5,8 @@ returns it with ``munmap`` when freed. A full-size CPU generation allocates and 
 tens to hundreds of MiB in every layer, so each one is faulted in and zeroed by the kernel again:
 a 512 px VAE decode took 1.8 M minor page faults and 6-8 s of system time on top of 14-15 s of user
 time (1 thread). With mmap turned off and a high trim threshold, freed blocks stay in the heap and
-are reused: 0.3 M faults, 1-2 s of system time, peak RSS +0.3 GiB for the VAE alone, +0.95 GiB for
-a full-size fp32 benchmark run
-(docs/inference.md, "Speed and memory"). It has to be a process-wide choice, so the console
+are reused: 0.3 M faults, 1-2 s of system time; peak RSS +0.95 GiB for a full-size fp32 benchmark
+run (docs/inference.md, "Speed and memory"). It has to be a process-wide choice, so the console
 commands make it (``anydoor generate``, the benchmark), never the library.
 """
 
