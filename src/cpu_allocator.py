@@ -3,10 +3,10 @@
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
 returns it with ``munmap`` when freed. A full-size CPU generation allocates and frees activations of
 tens to hundreds of MiB in every layer, so each one is faulted in and zeroed by the kernel again:
-a 512 px VAE decode took 1.8 M minor page faults and 6-8 s of system time on top of 14-15 s of user
+a 512 px VAE decode took 1.8 M minor page faults and ~4 s of system time beside 15-17 s of user
 time (1 thread). With mmap turned off and a high trim threshold, freed blocks stay in the heap and
-are reused: 0.3 M faults, 1-2 s of system time; peak RSS +0.95 GiB for a full-size fp32 benchmark
-run (docs/inference.md, "Speed and memory"). It has to be a process-wide choice, so the console
+are reused: the second decode took 1 fault and no system time; peak RSS +0.95 GiB for a full-size
+fp32 benchmark run (docs/inference.md, "Speed and memory"). It has to be a process-wide choice, so the console
 commands make it (``anydoor generate``, the benchmark), never the library.
 """
 
