@@ -6,8 +6,8 @@ tens to hundreds of MiB in every layer, so each one is faulted in and zeroed by 
 a 512 px VAE decode took 1.8 M minor page faults and ~4 s of system time beside 15-17 s of user
 time (1 thread). With mmap turned off and a high trim threshold, freed blocks stay in the heap and
 are reused: the second decode took 1 fault and no system time; peak RSS +0.95 GiB for a full-size
-fp32 benchmark run (docs/inference.md, "Speed and memory"). It has to be a process-wide choice, so the console
-commands make it (``anydoor generate``, the benchmark), never the library.
+fp32 benchmark run (docs/inference.md, "Speed and memory"). It is a process-wide choice, so the
+console commands make it (``anydoor generate``, the benchmark), never the library.
 """
 
 from __future__ import annotations
