@@ -29,6 +29,7 @@ from models.checks import check_folder, check_job, check_parts, check_weights_co
 from models.components.denoiser import AnyDoorDenoiser, scene_latents
 from models.components.first_stage import SpaceToDepthFirstStage, decode_latents, latent_channels, latent_factor
 from models.components.id_encoder import IDEncoder
+from models.components.precision import autocast, autocast_state, cached_weight_casts, check_precision
 from src.conditioning import DEFAULT_PREPROCESSING, Preprocessing, prepare_reference, prepare_target
 from src.image_ops import changed_box, composite_region
 
@@ -261,7 +262,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         """The black reference's ID tokens, computed once (a full DINOv2 pass) and reused while the
         ID encoder's weights stay the same."""
         weight = self.id_encoder.projector.weight
-        key = (weight.device, weight.dtype, weight.data_ptr(), weight._version)
+        key = (weight.device, weight.dtype, weight.data_ptr(), weight._version, autocast_state(weight.device))
         if self._uncond_cache is None or self._uncond_cache[0] != key:
             self._uncond_cache = (key, self.id_encoder.unconditional_tokens(1, device=weight.device))
         return self._uncond_cache[1].expand(batch_size, -1, -1)
@@ -300,7 +301,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         for t in tqdm(sched.timesteps, desc="denoising", disable=not progress, leave=False):
             x = torch.cat([latents, latents]) if guided else latents
             x = sched.scale_model_input(x, t).contiguous(memory_format=fmt)
-            eps = denoiser(x, t.expand(x.shape[0]), tokens, collages, scene)
+            eps = denoiser(x, t.expand(x.shape[0]), tokens, collages, scene).to(latents.dtype)  # bf16 under autocast
             if guided:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)
@@ -334,6 +335,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         mask_dilate: int = 4,
         latents: torch.Tensor | None = None,
         progress: bool = True,
+        precision: str = "fp32",
     ) -> AnyDoorOutput:
         """Generate one image per job (a batch when several). Sampler, steps and guidance left out come
         from ``sampling_settings``, the geometry left out from ``preprocessing_settings`` (the model
@@ -343,7 +345,9 @@ class AnyDoorPipeline(DiffusionPipeline):
         ``mask_dilate`` px) or ``crop`` (the whole generated crop, as the authors do); ``feather``
         softens the seam inside the region (default ``DEFAULT_FEATHER`` px for box/mask, 0 for crop),
         ``margin`` trims the crop in ``crop`` mode (``CropTransform.paste_back``). The bounding box of
-        the pixels that changed is in ``AnyDoorOutput.regions``."""
+        the pixels that changed is in ``AnyDoorOutput.regions``. ``precision="bf16"``: bf16 autocast
+        around the ID encoder, the steps and the decode (``models.components.precision``)."""
+        check_precision(precision)
         settings = self.sampling_settings(scheduler, num_inference_steps, guidance_scale)
         jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
         if not jobs:
@@ -353,11 +357,16 @@ class AnyDoorPipeline(DiffusionPipeline):
         prepared = [self.prepare(j, mask_channel=mask_channel, **geometry) for j in jobs]
         refs = torch.from_numpy(np.stack([p[0] for p in prepared]))
         collage = torch.from_numpy(np.stack([p[1].sample["collage"] for p in prepared]))
-        tokens = self.encode_references(refs, settings.guidance != 1.0)
-        latents = self.denoise(tokens, collage, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                               scheduler=settings.scheduler, timestep_spacing=timestep_spacing, eta=eta,
-                               generator=generator, latents=latents, progress=progress)
-        crops = to_uint8(self.decode(latents))
+        # one autocast per part: its cache of bf16 weight copies is freed before the next part runs
+        with autocast(precision, self.device):
+            tokens = self.encode_references(refs, settings.guidance != 1.0)
+        with autocast(precision, self.device), cached_weight_casts(self.unet, self.controlnet):
+            latents = self.denoise(tokens, collage, num_inference_steps=settings.steps,
+                                   guidance_scale=settings.guidance, scheduler=settings.scheduler,
+                                   timestep_spacing=timestep_spacing, eta=eta, generator=generator,
+                                   latents=latents, progress=progress)
+        with autocast(precision, self.device):
+            crops = to_uint8(self.decode(latents))
         out = AnyDoorOutput(images=[], crops=crops, collages=[p[1].sample["collage"] for p in prepared])
         if feather is None:
             feather = 0 if composite == "crop" else DEFAULT_FEATHER

@@ -66,7 +66,8 @@ class AnyDoorDenoiser(nn.Module):
             mid_block_additional_residual=mid_res,
             return_dict=False,
         )[0]
-        return out if scene is None else out + scene.to(out.dtype)
+        # in the scene's precision: under bf16 autocast the copied background keeps its fp32 values
+        return out if scene is None else out.to(scene.dtype) + scene
 
     def freeze_unet_encoder(self) -> None:
         """Encoder half frozen (its activations then carry no graph); decoder half trainable."""

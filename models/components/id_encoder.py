@@ -106,6 +106,9 @@ class IDEncoder(ModelMixin, ConfigMixin):
         if getattr(self.vit, "num_reg_tokens", 0) or getattr(self.vit, "no_embed_class", False):
             raise ValueError("IDEncoder supports DINOv2 without registers (class token shares the position grid)")
         self.vit._pos_embed = MethodType(_dinov2_pos_embed, self.vit)
+        for block in self.vit.modules():  # fused SDPA whatever TIMM_FUSED_ATTN says (same maths, less memory)
+            if hasattr(block, "fused_attn"):
+                block.fused_attn = True
         if weights:
             self.load_vit_weights(weights)
         self.projector = nn.Linear(self.vit.embed_dim, out_dim)

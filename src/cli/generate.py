@@ -70,7 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-intermediates", action="store_true", help="also write the crop and the collage")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                        help="default float16 on GPU, float32 on CPU")
+                        help="weights' dtype: default float16 on GPU, float32 on CPU")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="bf16: bf16 autocast around the ID encoder, the steps and the decode, float32 weights "
+                             "(faster on CPUs with native bf16; grey-level differences in docs/inference.md). "
+                             "Default: bf16 on a CPU with avx512_bf16 or AMX and float32 weights, else fp32")
 
 
 def _outputs(out: Path, intermediates: bool) -> list[Path]:
@@ -149,20 +153,25 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from models.components.precision import default_precision
     from models.pipeline import AnyDoorPipeline, Job
     from src.collage import collage_picture
+    from src.cpu_allocator import keep_freed_memory
     from src.image_io import write_image
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        keep_freed_memory()  # large activations reused instead of faulted in again (src/cpu_allocator.py)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     try:
         pipe = AnyDoorPipeline.from_pretrained(args.model, torch_dtype=dtype, device=device)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"anydoor generate: {err}") from None
     pipe.use_channels_last(device.type == "cpu")  # faster oneDNN convolutions (docs/inference.md)
+    precision = args.precision or (default_precision(device) if dtype == torch.float32 else "fp32")
 
     scheduler, steps, guidance = pipe.sampling_settings(args.scheduler, args.steps, args.guidance)
-    print(f"sampling: {scheduler}, {steps} step(s), guidance {guidance:g}", file=sys.stderr)
+    print(f"sampling: {scheduler}, {steps} step(s), guidance {guidance:g}, precision {precision}", file=sys.stderr)
     mask_channel = "mask" if args.mask_shape else "box"
     failed = [skipped[i] for i in sorted(skipped)]
     todo = [i for i in range(len(specs)) if i not in skipped]
@@ -190,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
                           scheduler=scheduler, timestep_spacing=args.timestep_spacing, generator=gens,
                           crop_ratio=args.crop_ratio, mask_channel=mask_channel,
                           composite=args.composite, mask_dilate=args.mask_dilate,
-                          margin=args.margin, feather=args.feather, progress=single)
+                          margin=args.margin, feather=args.feather, progress=single, precision=precision)
         except ValueError as err:
             failed.extend(f"{spec.source or spec.out}: {err}" for spec in ready)
             bar.update(len(jobs))

@@ -138,3 +138,21 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     assert again.projector.weight.requires_grad and not any(p.requires_grad for p in again.vit.parameters())
     half = IDEncoder.from_pretrained(tmp_path / "id_encoder", torch_dtype=torch.bfloat16)
     assert half.projector.weight.dtype == torch.bfloat16
+
+
+def test_attention_runs_fused_sdpa_even_when_timm_is_told_otherwise(monkeypatch):
+    from timm.models.vision_transformer import Attention
+
+    monkeypatch.setattr("timm.layers.config._USE_FUSED_ATTN", 0)  # what TIMM_FUSED_ATTN=0 sets
+    enc = _encoder(GIANT, GIANT_LIKE)
+    blocks = [m for m in enc.vit.modules() if isinstance(m, Attention)]
+    assert len(blocks) == 2 and all(b.fused_attn for b in blocks)
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(1, 3, 56, 56)
+    fused = enc(x)
+    assert len(calls) == 2
+    for b in blocks:
+        b.fused_attn = False
+    assert torch.allclose(enc(x), fused, atol=1e-5) and len(calls) == 2  # the same maths, unfused

@@ -234,3 +234,23 @@ def test_convert_cli_then_generate(tmp_path, files, capsys):
     assert torch.equal(enc.vit.blocks[39].mlp.fc1.weight, tiny["vit"].blocks[39].mlp.fc1.weight)
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     assert main(["convert", str(tmp_path / "junk.ckpt"), "--out", str(tmp_path / "j")]) == 1
+
+
+def test_generate_precision_option(files, tmp_path, capsys, monkeypatch):
+    import models.components.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    common = ["generate", "--model", str(files / "model"), "--steps", "3", "--ref", str(files / "ref.png"),
+              "--target", str(files / "scene.png"), "--box", "40", "30", "90", "70"]
+    assert main(common + ["--out", str(tmp_path / "auto.png")]) == 0
+    assert "precision bf16" in capsys.readouterr().err  # the default on a CPU with native bf16
+    assert main(common + ["--precision", "bf16", "--out", str(tmp_path / "bf16.png")]) == 0
+    assert main(common + ["--precision", "fp32", "--out", str(tmp_path / "fp32.png")]) == 0
+    assert "precision fp32" in capsys.readouterr().err
+    auto, bf16, fp32 = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("auto", "bf16", "fp32"))
+    assert np.array_equal(auto, bf16) and 0 < np.abs(bf16 - fp32).max() <= 16
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert main(common + ["--out", str(tmp_path / "plain.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "plain.png")), fp32)
+    with pytest.raises(SystemExit):
+        main(common + ["--precision", "fp16", "--out", str(tmp_path / "x.png")])
