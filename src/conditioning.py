@@ -25,7 +25,7 @@ import numpy as np
 from src.collage import build_collage, to_signed_chw
 from src.geometry import Box, box_fraction, expand_box, expand_box_random, mask_to_box, square_box
 from src.highfreq import high_frequency_map
-from src.image_ops import CropTransform, grow_canvas, pad_to_square
+from src.image_ops import CropTransform, grow_canvas, on_white, pad_to_square
 from src.masks import perturb_mask
 
 # Training ranges (uniform draws): the reference's canvas margin, the target box growth (the box the
@@ -123,13 +123,13 @@ def prepare_reference(
     _check_mask(mask, image, "reference")
     x1, y1, x2, y2 = mask_to_box(mask)
     fg = mask[y1:y2, x1:x2] > 0
-    on_white = np.where(fg[..., None], image[y1:y2, x1:x2], np.uint8(255))
+    white = on_white(image[y1:y2, x1:x2], fg)
     obj = fg.astype(np.uint8) * 255
     ratio = float(rng.uniform(*grow_range)) if rng is not None else margin
-    on_white, obj = grow_canvas(on_white, obj, ratio)
-    on_white, _ = pad_to_square(on_white, 255)
+    white, obj = grow_canvas(white, obj, ratio)
+    white, _ = pad_to_square(white, 255)
     obj, _ = pad_to_square(obj, 0)
-    ref = _resize_square(on_white, size)
+    ref = _resize_square(white, size)
     ref_mask = (_resize_square(obj, size) > 127).astype(np.uint8)
     if augment is not None:
         ref, ref_mask = augment(ref, ref_mask)
