@@ -123,3 +123,16 @@ def test_largest_component_on_the_bounding_box_equals_full_image_labelling():
         _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         full = (labels == int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) + 1).astype(np.uint8)
         np.testing.assert_array_equal(largest_component(m), full)
+
+
+def test_smooth_noise_is_opencv_bicubic_upsampling():
+    import cv2
+
+    from src.masks import _smooth_noise
+
+    for cells, shape in ((3, (512, 512)), (8, (300, 517)), (5, (7, 1))):
+        got = _smooth_noise(shape, np.random.default_rng(cells), cells)
+        coarse = np.random.default_rng(cells).standard_normal((cells + 1, cells + 1)).astype(np.float32)
+        want = cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).reshape(shape)
+        assert got.shape == shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-5)
