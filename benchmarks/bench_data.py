@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                     reference_size=args.reference_size, samples_per_epoch=samples_per_epoch, **dm_kwargs)
 
     if "pairs" in only:
-        builder = PairBuilder(image_size=args.image_size, reference_size=args.reference_size)
+        # the pairs the loader builds: packed (uint8) where the code under test's datamodule packs by default
+        packed = inspect.signature(AnyDoorDataModule).parameters.get("packed")
+        pair_kwargs = {"packed": bool(packed.default)} if packed is not None else {}
+        builder = PairBuilder(image_size=args.image_size, reference_size=args.reference_size, **pair_kwargs)
         for k in range(20):
             builder(samples[k % len(samples)], rng)
 
@@ -197,7 +200,9 @@ def pair_stats(args: argparse.Namespace, datamodule: type) -> int:
     rows: dict[str, list] = {k: [] for k in ("video", "box_w", "box_h", "box_cx", "box_cy", "object", "mask_is_box",
                                              "padding", "ref_white", "target_mean")}
     size = args.image_size
-    for b in dm.train_dataloader():
+    from src.packed import unpack_batch
+
+    for b in map(unpack_batch, dm.train_dataloader()):
         box = b["box"].double() / size
         rows["video"] += (b["kind"] == 0).tolist()
         rows["box_w"] += (box[:, 2] - box[:, 0]).tolist()
