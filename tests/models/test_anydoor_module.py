@@ -168,3 +168,22 @@ def test_min_snr_weights_each_sample_by_min_snr_gamma_over_snr(prediction_type, 
                                                torch.Generator().manual_seed(i)) for i in range(2)])
     assert torch.allclose(got.mean(), expected, rtol=1e-5)
     assert weights[0] < 1 < snr[0]  # a low-noise sample is down-weighted
+
+
+def test_packed_loader_batches_train_like_their_float_form(tiny_module):
+    """The loader ships bytes (src.packed); the module's on_after_batch_transfer makes the float form."""
+    g = torch.Generator().manual_seed(0)
+    packed = {"reference": torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8, generator=g),
+              "target": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=g),
+              "collage": torch.randint(0, 256, (2, 4, 32, 32), dtype=torch.uint8, generator=g),
+              "object_mask": torch.randint(0, 2, (2, 1, 32, 32), dtype=torch.uint8, generator=g),
+              "kind": torch.tensor([0, 1]), "box": torch.tensor([[4, 6, 20, 22], [5, 6, 21, 22]])}
+    packed["collage"][:, 3] = torch.randint(0, 3, (2, 32, 32), dtype=torch.uint8, generator=g)
+    batch = tiny_module.on_after_batch_transfer(packed, 0)
+    assert batch["target"].dtype == torch.float32 and batch["target"].min() >= -1 and batch["target"].max() <= 1
+    assert set(batch["collage"][:, 3].unique().tolist()) <= {-1.0, 0.0, 1.0}
+    torch.testing.assert_close(batch["reference"], packed["reference"].float() / 255)
+    assert tiny_module.on_after_batch_transfer(batch, 0) is batch  # float batches pass through
+    gen = torch.Generator().manual_seed(1)
+    loss = tiny_module.diffusion_loss(batch, timesteps=torch.tensor([10, 500]), generator=gen)
+    assert torch.isfinite(loss)
