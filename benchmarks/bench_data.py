@@ -29,6 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]  # this checkout
+# The authors' own loader path (their dataset class + DataLoader collate, same 1280x720 shards, 512 px,
+# batch 8, 1 thread), measured alternating A/B with ours in separate processes in issue 16: samples per
+# CPU second. Only a reference point for the whole-loader row; their code is not a dependency.
+AUTHORS_LOADER_RATE = 14.8
 
 
 def usage(who: int) -> tuple[float, int]:
@@ -44,8 +48,13 @@ def timed(fn: Callable[[], int], who: int = resource.RUSAGE_SELF) -> dict:
     return {"samples": n, "wall": n / wall, "cpu": n / max(cpu2 - cpu, 1e-9), "faults": (faults2 - faults) / n}
 
 
-def line(label: str, r: dict) -> None:
-    print(f"{label:<46} {r['wall']:7.1f} /s wall {r['cpu']:7.1f} /CPU-s {r['faults']:8.0f} faults/sample", flush=True)
+def authors_ratio(rate: float) -> str:
+    return f"{rate / AUTHORS_LOADER_RATE:.2f}x the authors' {AUTHORS_LOADER_RATE}/s (their figure, issue 16, alternating A/B, 1 thread)"
+
+
+def line(label: str, r: dict, note: str = "") -> None:
+    print(f"{label:<46} {r['wall']:7.1f} /s wall {r['cpu']:7.1f} /CPU-s {r['faults']:8.0f} faults/sample"
+          + (f"  = {note}" if note else ""), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                     reference_size=args.reference_size, samples_per_epoch=samples_per_epoch, **dm_kwargs)
 
     if "pairs" in only:
-        builder = PairBuilder(image_size=args.image_size, reference_size=args.reference_size)
+        # the pairs the loader builds: packed (uint8) where the code under test's datamodule packs by default
+        packed = inspect.signature(AnyDoorDataModule).parameters.get("packed")
+        pair_kwargs = {"packed": bool(packed.default)} if packed is not None else {}
+        builder = PairBuilder(image_size=args.image_size, reference_size=args.reference_size, **pair_kwargs)
         for k in range(20):
             builder(samples[k % len(samples)], rng)
 
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(8):
             next(it)
         results["loader"] = timed(lambda: sum(len(b["kind"]) for b in it))
-        line(f"loader, 1 process (shards -> batches of {args.batch_size})", results["loader"])
+        line(f"loader, 1 process (shards -> batches of {args.batch_size})", results["loader"], authors_ratio(results["loader"]["cpu"]))
         del it
 
     if "workers" in only and args.workers > 0:
@@ -188,7 +200,9 @@ def pair_stats(args: argparse.Namespace, datamodule: type) -> int:
     rows: dict[str, list] = {k: [] for k in ("video", "box_w", "box_h", "box_cx", "box_cy", "object", "mask_is_box",
                                              "padding", "ref_white", "target_mean")}
     size = args.image_size
-    for b in dm.train_dataloader():
+    from src.packed import unpack_batch
+
+    for b in map(unpack_batch, dm.train_dataloader()):
         box = b["box"].double() / size
         rows["video"] += (b["kind"] == 0).tolist()
         rows["box_w"] += (box[:, 2] - box[:, 0]).tolist()
@@ -245,7 +259,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> int:
         med = {lab: (statistics.median(x[key]["cpu"] for x in runs[lab]), statistics.median(x[key]["faults"] for x in runs[lab]))
                for lab in runs}
         print(f"  {key:<8} before {med['before'][0]:7.1f} ({med['before'][1]:5.0f} faults)   after {med['after'][0]:7.1f} "
-              f"({med['after'][1]:5.0f} faults)   ratio {med['after'][0] / med['before'][0]:.2f}")
+              f"({med['after'][1]:5.0f} faults)   ratio {med['after'][0] / med['before'][0]:.2f}"
+              + (f"\n           after = {authors_ratio(med['after'][0])}" if key == "loader" else ""))
     return 0
 
 

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.interrupt import StopOnSignal
 from src.image_io import write_image
+from src.packed import unpack_batch
 
 
 def sample_grid(batch: dict[str, torch.Tensor], generated: torch.Tensor) -> np.ndarray:
@@ -63,7 +64,7 @@ class SampleLogger(Callback):
         if dm is not None and is_overridden("val_dataloader", dm):
             batch = next(iter(dm.val_dataloader()), None)
             if batch is not None:
-                self._batch = self._keep(batch)
+                self._batch = self._keep(unpack_batch(batch))  # straight from the loader: maybe packed bytes
                 return
         rank_zero_info("SampleLogger: no validation data; sampling the first training batch")
 
@@ -75,7 +76,7 @@ class SampleLogger(Callback):
         directory = self._directory(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if not trainer.is_global_zero or self._batch is None:
             return None
-        batch = {k: v.to(pl_module.device) for k, v in self._batch.items()}
+        batch = unpack_batch({k: v.to(pl_module.device) for k, v in self._batch.items()})
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         was_training = pl_module.training
         pl_module.eval()

@@ -29,6 +29,7 @@ from models.components.first_stage import encode_images, latent_factor
 from models.components.id_encoder import IDEncoder
 from models.components.lora import add_lora, cast_frozen, lora_settings, needs_plain_copy, plain_copy
 from src.conditioning import DEFAULT_PREPROCESSING, Preprocessing
+from src.packed import unpack_batch
 
 # SD's DDPM schedule; ``noise_schedule`` entries replace these.
 NOISE_SCHEDULE: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -178,6 +179,10 @@ class AnyDoorModule(LightningModule):
         return tokens
 
     # ----------------------------------------------------------------- training
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The loader ships images in bytes (``src.packed``); their float form is made here, on the device."""
+        return unpack_batch(batch) if isinstance(batch, dict) else batch
+
     def _training_timesteps(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         if "timesteps" in batch:
             return batch["timesteps"]

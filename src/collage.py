@@ -43,6 +43,7 @@ def build_collage(
     mask: np.ndarray | None = None,
     valid: Sequence[int] | None = None,
     pad_value: float = -1.0,
+    packed: bool = False,
 ) -> np.ndarray:
     """Float32 ``4 x S x S``: the crop with ``hint`` resized into ``box``, plus the location channel.
 
@@ -51,6 +52,9 @@ def build_collage(
     inside ``mask`` when one is given, which may reach beyond the box), 0 elsewhere, and ``pad_value``
     outside ``valid``, the non-padding part of the crop (everything when ``None``). The hint is stretched to
     the box like the reference does; its aspect is the 224 x 224 reference's, the box's may differ.
+
+    ``packed``: uint8 instead (the training loader's form, ``src.packed``): channels 0-2 the RGB bytes,
+    channel 3 the location value + 1 (0 padding, 1 scene, 2 object); ``pad_value`` must be -1, 0 or 1.
     """
     if target_crop.ndim != 3 or target_crop.shape[2] != 3 or target_crop.dtype != np.uint8:
         raise ValueError(f"target_crop must be uint8 S x S x 3, got {target_crop.dtype} {target_crop.shape}")
@@ -61,24 +65,29 @@ def build_collage(
     w, h = box_size((x1, y1, x2, y2))
     if w == 0 or h == 0:
         raise ValueError(f"box {tuple(box)} has no area inside the {hw[1]} x {hw[0]} crop")
-    rgb = target_crop.copy()
-    rgb[y1:y2, x1:x2] = cv2.resize(hint.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
-    out = np.empty((4,) + hw, np.float32)
-    out[:3] = rgb.transpose(2, 0, 1)
-    out[:3] *= np.float32(1 / 127.5)
-    out[:3] -= np.float32(1.0)
+    if packed and pad_value not in (-1.0, 0.0, 1.0):
+        raise ValueError(f"a packed collage stores the padding value + 1 in a byte: pad_value must be -1, 0 or 1, got {pad_value}")
+    if mask is not None and mask.shape != hw:
+        raise ValueError(f"mask shape {mask.shape} does not match the crop {hw}")
+    hint_in_box = cv2.resize(hint.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
+    shift = 1 if packed else 0  # packed: location + 1
+    out = np.empty((4,) + hw, np.uint8 if packed else np.float32)
+    out[:3] = target_crop.transpose(2, 0, 1)
+    out[:3, y1:y2, x1:x2] = hint_in_box.transpose(2, 0, 1)
+    if not packed:
+        out[:3] *= np.float32(1 / 127.5)
+        out[:3] -= np.float32(1.0)
     channel = out[3]
-    channel[...] = 0.0
+    channel[...] = 0 + shift
     if mask is None:
-        channel[y1:y2, x1:x2] = 1.0
+        channel[y1:y2, x1:x2] = 1 + shift
     else:
-        if mask.shape != hw:
-            raise ValueError(f"mask shape {mask.shape} does not match the crop {hw}")
-        channel[mask > 0] = 1.0
+        channel[mask > 0] = 1 + shift
     if valid is not None:
         vx1, vy1, vx2, vy2 = clip_box(valid, hw)
-        channel[:vy1] = pad_value
-        channel[vy2:] = pad_value
-        channel[:, :vx1] = pad_value
-        channel[:, vx2:] = pad_value
+        pad = int(pad_value) + shift if packed else pad_value
+        channel[:vy1] = pad
+        channel[vy2:] = pad
+        channel[:, :vx1] = pad
+        channel[:, vx2:] = pad
     return out

@@ -25,7 +25,7 @@ import numpy as np
 from src.collage import build_collage, to_signed_chw
 from src.geometry import Box, box_fraction, expand_box, expand_box_random, mask_to_box, square_box
 from src.highfreq import high_frequency_map
-from src.image_ops import CropTransform, grow_canvas, pad_to_square
+from src.image_ops import CropTransform, grow_canvas, on_white, pad_to_square
 from src.masks import perturb_mask
 
 # Training ranges (uniform draws): the reference's canvas margin, the target box growth (the box the
@@ -110,6 +110,7 @@ def prepare_reference(
     size: int = 224,
     augment: Augment | None = None,
     compute_hint: bool = True,
+    packed: bool = False,
 ) -> PreparedReference:
     """The reference object on white, framed with a margin, as the ID encoder's input plus its hint.
 
@@ -117,19 +118,20 @@ def prepare_reference(
 
     ``augment(image_uint8, mask_uint8) -> (image, mask)`` runs on the ``size`` px square before the
     hint, so the hint and the DINOv2 input see the same flip/colour change (as in the reference).
-    Raises ``ValueError`` for an empty mask.
+    Raises ``ValueError`` for an empty mask. ``packed``: ``image`` stays uint8 (3 x S x S, 0-255),
+    the training loader's form (``src.packed``).
     """
     _check_image(image, "reference image")
     _check_mask(mask, image, "reference")
     x1, y1, x2, y2 = mask_to_box(mask)
     fg = mask[y1:y2, x1:x2] > 0
-    on_white = np.where(fg[..., None], image[y1:y2, x1:x2], np.uint8(255))
+    white = on_white(image[y1:y2, x1:x2], fg)
     obj = fg.astype(np.uint8) * 255
     ratio = float(rng.uniform(*grow_range)) if rng is not None else margin
-    on_white, obj = grow_canvas(on_white, obj, ratio)
-    on_white, _ = pad_to_square(on_white, 255)
+    white, obj = grow_canvas(white, obj, ratio)
+    white, _ = pad_to_square(white, 255)
     obj, _ = pad_to_square(obj, 0)
-    ref = _resize_square(on_white, size)
+    ref = _resize_square(white, size)
     ref_mask = (_resize_square(obj, size) > 127).astype(np.uint8)
     if augment is not None:
         ref, ref_mask = augment(ref, ref_mask)
@@ -138,6 +140,8 @@ def prepare_reference(
         ref = np.ascontiguousarray(ref, dtype=np.uint8)
         ref_mask = (np.asarray(ref_mask) > 0).astype(np.uint8)
     hint = high_frequency_map(ref, ref_mask) if compute_hint else None
+    if packed:
+        return PreparedReference(np.ascontiguousarray(ref.transpose(2, 0, 1)), hint, ref_mask)
     image_chw = np.ascontiguousarray(ref.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
     return PreparedReference(image_chw, hint, ref_mask)
 
@@ -158,6 +162,7 @@ def prepare_target(
     box_ratio: float = DEFAULT_BOX_GROW,
     crop_ratio: float = DEFAULT_CROP_GROW,
     mask_pad_value: float = MASK_PAD_VALUE,
+    packed: bool = False,
 ) -> PreparedTarget:
     """The target crop, its collage and the geometry to paste a generation back.
 
@@ -173,6 +178,9 @@ def prepare_target(
 
     Sample: ``target`` float32 3 x S x S in [-1, 1]; ``collage`` float32 4 x S x S (see
     ``build_collage``); ``box`` int64 (4,) in crop pixels; ``object_mask`` float32 1 x S x S {0, 1}.
+    ``packed``: the same sample in bytes, as the training loader ships it (``src.packed``: uint8
+    ``target``, collage with location + 1, ``object_mask``); ``src.packed.unpack_batch`` gives back
+    the float form on the device.
     """
     _check_image(image, "target image")
     hint = reference.hint if isinstance(reference, PreparedReference) else reference
@@ -221,12 +229,12 @@ def prepare_target(
     elif mode == "random" and rng.random() < mask_channel_prob and object_mask.any():
         channel_mask = perturb_mask(object_mask, perturb_iou, rng)
     collage = build_collage(target, crop_box, hint, mask=channel_mask, valid=transform.valid_box(),
-                            pad_value=mask_pad_value)
+                            pad_value=mask_pad_value, packed=packed)
 
     sample = {
-        "target": to_signed_chw(target),
+        "target": np.ascontiguousarray(target.transpose(2, 0, 1)) if packed else to_signed_chw(target),
         "collage": collage,
         "box": np.asarray(crop_box, dtype=np.int64),
-        "object_mask": object_mask[None].astype(np.float32),
+        "object_mask": object_mask[None].astype(np.uint8 if packed else np.float32),
     }
     return PreparedTarget(sample, transform, box)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from src.image_ops import on_white
+
 WORK_SIZE = 256
 THRESHOLD = 50  # on the 0..255 gradient scale
 ERODE_KERNEL = 5
@@ -31,17 +33,19 @@ def high_frequency_map(image: np.ndarray, mask: np.ndarray, *, threshold: int = 
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image {image.shape[:2]}")
     h, w = image.shape[:2]
-    fg = (mask > 0)[..., None]
-    on_white = np.where(fg, image, np.uint8(255))
-    img = cv2.resize(on_white, (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_LINEAR)
-    small = cv2.resize(fg[..., 0].astype(np.float32), (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_LINEAR)
+    fg = mask > 0
+    img = cv2.resize(on_white(image, fg), (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_LINEAR)
+    small = cv2.resize(fg.astype(np.float32), (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_LINEAR)
     kernel = np.ones((ERODE_KERNEL, ERODE_KERNEL), np.uint8)
     eroded = cv2.erode((small > 0.5).astype(np.uint8), kernel, iterations=ERODE_ITERATIONS)
-    gx = cv2.convertScaleAbs(cv2.Sobel(img, cv2.CV_64F, 1, 0, ksize=3))
-    gy = cv2.convertScaleAbs(cv2.Sobel(img, cv2.CV_64F, 0, 1, ksize=3))
+    # int16 holds a 3x3 Sobel of uint8 exactly (|g| <= 1020): same values as float64, 2.5x faster
+    gx = cv2.convertScaleAbs(cv2.Sobel(img, cv2.CV_16S, 1, 0, ksize=3))
+    gy = cv2.convertScaleAbs(cv2.Sobel(img, cv2.CV_16S, 0, 1, ksize=3))
     mean_abs = cv2.addWeighted(gx, 0.5, gy, 0.5, 0)
     # Channel max as two elementwise maxima: 1.8 ms -> 0.07 ms at 256 px vs .max(axis=-1).
     edges = np.maximum(np.maximum(mean_abs[..., 0], mean_abs[..., 1]), mean_abs[..., 2]) * eroded
     edges[edges < threshold] = 0
-    hf = (edges[..., None].astype(np.float32) / 255.0 * img.astype(np.float32)).astype(np.uint8)
+    # floor(edges * img / 255) in integers: equal to the float32 product truncated for all 256 x 256
+    # operand pairs (checked exhaustively in tests/src/test_highfreq.py), without float temporaries
+    hf = ((edges[..., None].astype(np.uint16) * img) // 255).astype(np.uint8)
     return cv2.resize(hf, (w, h), interpolation=cv2.INTER_LINEAR)

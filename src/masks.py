@@ -5,6 +5,7 @@ Masks are 2-D arrays; any non-zero pixel is foreground. Functions return ``uint8
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -44,10 +45,17 @@ def mask_connectivity(mask: np.ndarray) -> float:
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected component as a {0, 1} uint8 mask (an empty mask stays empty)."""
     binary = _binary(mask)
-    labels, areas = _components(binary)
+    # Label only the foreground's bounding box: same components, same raster order (so the same
+    # label wins a tie), a fraction of the pixels for a perturbed object mask in a 512 px crop.
+    x, y, w, h = cv2.boundingRect(binary)
+    if w == 0 or h == 0:
+        return binary
+    labels, areas = _components(np.ascontiguousarray(binary[y : y + h, x : x + w]))
     if areas.size <= 1:
         return binary
-    return (labels == int(np.argmax(areas)) + 1).astype(np.uint8)
+    out = np.zeros_like(binary)
+    out[y : y + h, x : x + w] = labels == int(np.argmax(areas)) + 1
+    return out
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -57,10 +65,35 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 1.0
 
 
+@functools.lru_cache(maxsize=64)
+def _cubic_weights(n_out: int, n_in: int, a: float = -0.75) -> np.ndarray:
+    """``n_out x n_in`` matrix of OpenCV's bicubic upsampling along one axis (its kernel, ``a`` = -0.75,
+    pixel-centre alignment, edge pixels replicated), so ``Wy @ coarse @ Wx.T`` is ``cv2.resize(coarse,
+    INTER_CUBIC)`` to float32 rounding (~1e-6 on a unit-std field)."""
+    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    x0 = np.floor(x).astype(np.int64)
+    weights = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    for offset in (-1, 0, 1, 2):
+        d = np.abs(x - x0 - offset)
+        k = np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                     np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+        np.add.at(weights, (rows, np.clip(x0 + offset, 0, n_in - 1)), k)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
 def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cells: int) -> np.ndarray:
-    """Unit-std random field varying over ~1/cells of the image: makes outlines irregular, not offset copies."""
+    """Unit-std random field varying over ~1/cells of the image: makes outlines irregular, not offset copies.
+
+    Bicubic upsampling of a ``(cells + 1)^2`` grid written as two small matrix products (OpenCV's
+    generic cubic resize took ~1.5 ms for 512 x 512, a tenth of a training pair's cost; this ~0.2 ms).
+    ``cv2.gemm`` rather than numpy: it does not start a BLAS thread pool inside loader workers.
+    """
     coarse = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
-    return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    wy, wx = _cubic_weights(shape[0], cells + 1), _cubic_weights(shape[1], cells + 1)
+    return cv2.gemm(cv2.gemm(wy, coarse, 1.0, None, 0.0), wx, 1.0, None, 0.0, flags=cv2.GEMM_2_T)
 
 
 def _take_lowest(field: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:

@@ -97,6 +97,7 @@ class PairBuilder:
     crop_grow: tuple[float, float] = CROP_GROW_RANGE
     mask_channel_prob: float = 0.7
     reduced_decode: bool = True
+    packed: bool = False  # uint8 images and collage (src.packed), unpacked to float on the device
     _compose: object = field(default=None, init=False, repr=False)
 
     def pick_frames(self, meta: dict, rng: np.random.Generator) -> tuple[int, int]:
@@ -138,10 +139,11 @@ class PairBuilder:
             if self._compose is None:
                 self._compose = reference_compose()
             augment = reference_augment(rng, self._compose)
-        reference = prepare_reference(ref_image, ref_mask, rng=rng, grow_range=self.reference_grow, size=self.reference_size, augment=augment)
+        reference = prepare_reference(ref_image, ref_mask, rng=rng, grow_range=self.reference_grow, size=self.reference_size, augment=augment,
+                                      packed=self.packed)
         target = prepare_target(
             target_image, target_mask, reference, rng=rng, box_grow=self.box_grow, crop_grow=self.crop_grow,
-            size=self.image_size, mask_channel_prob=self.mask_channel_prob,
+            size=self.image_size, mask_channel_prob=self.mask_channel_prob, packed=self.packed,
         ).sample
         return {
             "reference": reference.image,

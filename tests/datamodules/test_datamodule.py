@@ -18,6 +18,7 @@ from datamodules.components.shard_lists import resolve
 from datamodules.components.stream_loader import StreamLoader
 from datamodules.components.streams import STREAM_KEY, Plan, SkipCounter, TrainStream, ValStream
 from src.constants import KINDS
+from src.packed import unpack_batch
 
 S, R = 64, 56  # small crops keep the tests fast; the geometry is the same as at 512/224
 
@@ -29,8 +30,19 @@ def fake_worker(monkeypatch, rank=0, world=1, worker=0, workers=1):
 def test_batch_contract(synthetic_shards):
     dm = AnyDoorDataModule(str(synthetic_shards), str(synthetic_shards), batch_size=4, num_workers=0, image_size=S,
                            reference_size=R, samples_per_epoch=24)
-    batches = list(dm.train_dataloader())
-    assert len(batches) == len(dm.train_dataloader()) == 6
+    packed = list(dm.train_dataloader())
+    assert len(packed) == len(dm.train_dataloader()) == 6
+    bytes_ = {"reference": (3, R, R), "target": (3, S, S), "collage": (4, S, S), "object_mask": (1, S, S)}
+    for batch in packed:  # the loader ships bytes (src.packed): collage channel 3 is location + 1
+        for key, shape in bytes_.items():
+            assert batch[key].dtype == torch.uint8 and tuple(batch[key].shape) == (4, *shape), key
+        assert set(batch["collage"][:, 3].unique().tolist()) <= {0, 1, 2}
+    batches = [unpack_batch(b) for b in packed]  # what the model sees (its on_after_batch_transfer)
+    float_dm = AnyDoorDataModule(str(synthetic_shards), str(synthetic_shards), batch_size=4, num_workers=0, image_size=S,
+                                 reference_size=R, samples_per_epoch=24, packed=False)
+    for got, want in zip(batches, float_dm.train_dataloader(), strict=True):  # the float loader's batches, value for value
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
     expected = {  # key: (dtype, shape without batch, low, high)
         "reference": (torch.float32, (3, R, R), 0.0, 1.0),
         "target": (torch.float32, (3, S, S), -1.0, 1.0),

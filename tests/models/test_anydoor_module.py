@@ -207,3 +207,22 @@ def test_hole_filled_uses_the_mean_of_the_scene_around_the_hole():
     assert torch.allclose(out[0, :, 1:3, 1:3], torch.tensor(scene, dtype=torch.float32).mean() / 16)
     keep = collage[0, 3] != 1.0
     assert torch.equal(out[0][:, keep], collage[0, :3][:, keep])
+
+
+def test_packed_loader_batches_train_like_their_float_form(tiny_module):
+    """The loader ships bytes (src.packed); the module's on_after_batch_transfer makes the float form."""
+    g = torch.Generator().manual_seed(0)
+    packed = {"reference": torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8, generator=g),
+              "target": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=g),
+              "collage": torch.randint(0, 256, (2, 4, 32, 32), dtype=torch.uint8, generator=g),
+              "object_mask": torch.randint(0, 2, (2, 1, 32, 32), dtype=torch.uint8, generator=g),
+              "kind": torch.tensor([0, 1]), "box": torch.tensor([[4, 6, 20, 22], [5, 6, 21, 22]])}
+    packed["collage"][:, 3] = torch.randint(0, 3, (2, 32, 32), dtype=torch.uint8, generator=g)
+    batch = tiny_module.on_after_batch_transfer(packed, 0)
+    assert batch["target"].dtype == torch.float32 and batch["target"].min() >= -1 and batch["target"].max() <= 1
+    assert set(batch["collage"][:, 3].unique().tolist()) <= {-1.0, 0.0, 1.0}
+    torch.testing.assert_close(batch["reference"], packed["reference"].float() / 255)
+    assert tiny_module.on_after_batch_transfer(batch, 0) is batch  # float batches pass through
+    gen = torch.Generator().manual_seed(1)
+    loss = tiny_module.diffusion_loss(batch, timesteps=torch.tensor([10, 500]), generator=gen)
+    assert torch.isfinite(loss)

@@ -68,3 +68,30 @@ def test_bad_inputs():
         high_frequency_map(np.zeros((8, 8, 3), np.float32), np.ones((8, 8)))
     with pytest.raises(ValueError):
         high_frequency_map(np.zeros((8, 8, 3), np.uint8), np.ones((9, 8)))
+
+
+def _float64_reference(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The earlier formulation (float64 Sobel, float32 product), kept to show the integer one is identical."""
+    h, w = image.shape[:2]
+    fg = (mask > 0)[..., None]
+    img = cv2.resize(np.where(fg, image, np.uint8(255)), (256, 256), interpolation=cv2.INTER_LINEAR)
+    small = cv2.resize(fg[..., 0].astype(np.float32), (256, 256), interpolation=cv2.INTER_LINEAR)
+    eroded = cv2.erode((small > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8), iterations=2)
+    gx = cv2.convertScaleAbs(cv2.Sobel(img, cv2.CV_64F, 1, 0, ksize=3))
+    gy = cv2.convertScaleAbs(cv2.Sobel(img, cv2.CV_64F, 0, 1, ksize=3))
+    edges = cv2.addWeighted(gx, 0.5, gy, 0.5, 0).max(axis=-1) * eroded
+    edges[edges < 50] = 0
+    hf = (edges[..., None].astype(np.float32) / 255.0 * img.astype(np.float32)).astype(np.uint8)
+    return cv2.resize(hf, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def test_integer_arithmetic_equals_the_float_formulation():
+    rng = np.random.default_rng(3)
+    for shape in ((224, 224), (97, 301)):
+        image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        mask = np.zeros(shape, np.uint8)
+        mask[10:-10, 20:-20] = 1
+        np.testing.assert_array_equal(high_frequency_map(image, mask), _float64_reference(image, mask))
+    e, i = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    exact = (e * i) // 255  # every (edge, pixel) pair
+    np.testing.assert_array_equal(exact, (e.astype(np.float32) / 255.0 * i.astype(np.float32)).astype(np.uint8))

@@ -168,3 +168,17 @@ def test_feathered_alpha_ignores_image_border():
     assert a[5, 0] == 1.0 and a[0, 0] == 1.0  # no fade at the image border
     np.testing.assert_allclose(a[5, :5], [1, 1, 1, 2 / 3, 1 / 3])
     assert not a[:, 5:].any()
+
+
+def test_on_white_equals_where_for_bool_and_uint8_masks_and_views():
+    from src.image_ops import on_white
+
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (40, 50)).astype(np.uint8)
+    want = np.where(mask[..., None] > 0, image, np.uint8(255))
+    np.testing.assert_array_equal(on_white(image, mask), want)
+    np.testing.assert_array_equal(on_white(image, mask > 0), want)
+    np.testing.assert_array_equal(on_white(image[5:30, 7:41], mask[5:30, 7:41]), want[5:30, 7:41])
+    with pytest.raises(ValueError):
+        on_white(image.astype(np.float32), mask)

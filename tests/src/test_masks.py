@@ -111,3 +111,28 @@ def test_perturb_fragmented_mask_keeps_largest_part():
         p = perturb_mask(gt, (0.7, 0.99), rng)  # at most ~400 px added: the parts never merge
         assert mask_connectivity(p) == 1.0 and p[55:60, 55:60].sum() == 0
         assert 0.7 - 1e-3 <= mask_iou(p, gt) <= 900 / 925 + 1e-3  # capped by the dropped part
+
+
+def test_largest_component_on_the_bounding_box_equals_full_image_labelling():
+    import cv2
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        m = (rng.random((64, 80)) < 0.08).astype(np.uint8)
+        m[rng.integers(0, 60):, rng.integers(0, 70):][:4, :6] = 1  # some blocks, some ties between specks
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        full = (labels == int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) + 1).astype(np.uint8)
+        np.testing.assert_array_equal(largest_component(m), full)
+
+
+def test_smooth_noise_is_opencv_bicubic_upsampling():
+    import cv2
+
+    from src.masks import _smooth_noise
+
+    for cells, shape in ((3, (512, 512)), (8, (300, 517)), (5, (7, 1))):
+        got = _smooth_noise(shape, np.random.default_rng(cells), cells)
+        coarse = np.random.default_rng(cells).standard_normal((cells + 1, cells + 1)).astype(np.float32)
+        want = cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).reshape(shape)
+        assert got.shape == shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-5)
