@@ -115,6 +115,8 @@ def generate(pipe: Any, job: Teleport, settings: Settings, progress: bool = True
     if settings.steps < 1:
         raise ValueError(f"steps must be at least 1, got {settings.steps}")
     location = "mask" if settings.shape_control and job.target_mask is not None else "box"
+    from models.components.precision import default_precision
+
     started = time.time()
     try:
         out = pipe(
@@ -125,6 +127,7 @@ def generate(pipe: Any, job: Teleport, settings: Settings, progress: bool = True
             mask_channel=location,
             composite=settings.composite, progress=progress,
             feather=settings.feather_px,
+            precision=default_precision(pipe.device, pipe.dtype),  # as anydoor generate: bf16 where the CPU has it
         )
     except torch.OutOfMemoryError as err:  # a message in the page, and the server keeps serving
         raise MemoryError(f"the model ran out of memory on {pipe.device}: try a smaller target or fewer "

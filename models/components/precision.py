@@ -33,10 +33,11 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
 
 
-def default_precision(device: torch.device | str) -> str:
-    """``bf16`` on a CPU with native bf16, else ``fp32`` (a GPU run picks its dtype instead)."""
+def default_precision(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """``bf16`` for fp32 weights on a CPU with native bf16, else ``fp32`` (a GPU run picks its dtype
+    instead; weights already stored in low precision run as they are). The CLI and the demo use it."""
     device = torch.device(device)
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return "bf16" if device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16() else "fp32"
 
 
 def check_precision(precision: str) -> str:

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"anydoor generate: {err}") from None
     pipe.use_channels_last(device.type == "cpu")  # faster oneDNN convolutions (docs/inference.md)
-    precision = args.precision or (default_precision(device) if dtype == torch.float32 else "fp32")
+    precision = args.precision or default_precision(device, dtype)
 
     scheduler, steps, guidance = pipe.sampling_settings(args.scheduler, args.steps, args.guidance)
     print(f"sampling: {scheduler}, {steps} step(s), guidance {guidance:g}, precision {precision}", file=sys.stderr)

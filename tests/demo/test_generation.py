@@ -77,13 +77,16 @@ def test_dtype_option(demo_model):
 
 @pytest.mark.parametrize("composite", ["box", "crop"])
 def test_default_feather_is_the_pipelines_own(pipe, composite):
-    """What the page's feather starts at (and `anydoor generate` uses without --feather) for each mode."""
+    """What the page's feather starts at (and `anydoor generate` uses without --feather) for each mode;
+    the page runs at the CLI's default precision (bf16 where the CPU has it)."""
     import torch
 
+    from models.components.precision import default_precision
     from models.pipeline import Job
 
     j = job(box=(150, 90, 300, 250))
     ours = generate(pipe, j, Settings("ddim", 1, 1.0, 0, composite, feather=default_feather(composite)), progress=False)
     theirs = pipe(Job(j.reference, j.target, j.reference_mask, box=j.box), num_inference_steps=1, guidance_scale=1.0,
-                  scheduler="ddim", generator=torch.Generator().manual_seed(0), composite=composite, progress=False)
+                  scheduler="ddim", generator=torch.Generator().manual_seed(0), composite=composite, progress=False,
+                  precision=default_precision(pipe.device, pipe.dtype))
     assert np.array_equal(ours.image, theirs.images[0])

@@ -408,6 +408,7 @@ def test_precision_is_checked_and_defaults_to_native_bf16_cpus(pipe, monkeypatch
         run(pipe, job(), precision="fp16")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.default_precision("cpu") == "bf16" and precision.default_precision("cuda") == "fp32"
+    assert precision.default_precision("cpu", torch.bfloat16) == "fp32"  # low-precision weights run as stored
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert precision.default_precision("cpu") == "fp32"
 
