@@ -25,6 +25,7 @@ def write_override(tmp_path: Path, **trainer: object) -> Path:
     """A second --config over configs/tiny.yaml: small model, random pairs, outputs under tmp_path."""
     model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY_MODEL_KWARGS.items()}
     model["unet_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model["unet_config"].items()}
+    model.update(collage_residual=False, train_unet_encoder=False)  # tiny.yaml's x0 recipe vs the test model's v-prediction
     out = tmp_path / "out"
     config = {
         "trainer": {"max_time": None, "max_steps": 100_000, "default_root_dir": str(out), "val_check_interval": 100_000,
