@@ -143,8 +143,10 @@ def _start_and_wait_for_first_shard(root: Path, out: Path, workers: int) -> subp
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "src.cli.main", "shards", "video", str(root), "--frame-stride", "2", "--items-per-shard", "1",
            "--workers", str(workers), "--out", str(out), "--no-progress"]
+    # its own process group, like a terminal's foreground job, started with Ctrl-C's default action as a
+    # shell gives it (a handler ignored in this test process would otherwise be inherited across exec)
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, like a terminal's foreground job
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list((out / ".parts").glob("video-*.json")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
