@@ -1,7 +1,7 @@
 """The streaming pipeline: small named stages composed with webdataset, ending in whole batches.
 
 Per source: shard list -> explicit node split -> explicit worker split -> resampled shards
-(``wds.ResampledShards``) -> tar reading (``tar_reader``) -> shuffle buffer. Sources are mixed by weight, each
+(``wds.ResampledShards``) -> tar reading -> shuffle buffer. Sources are mixed by weight, each
 sample becomes a training pair (``PairBuilder``) and pairs are collated into batches *in the
 stream* (one ``default_collate``, into shared memory when in a worker), so every batch can carry a
 small ``"__stream__"`` record: its slot, input position and skip counts.
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from datamodules.components import tar_reader
 from datamodules.components.shard_format import SampleError
 
 log = logging.getLogger(__name__)
@@ -323,7 +322,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             streams.append(iter(wds.DataPipeline(
                 wds.ResampledShards(mine, seed=int(shard_seq.generate_state(1)[0]), worker_seed=lambda: 0, deterministic=True),
                 guard.urls,
-                tar_reader.tarfile_to_samples(handler=skips.tar_handler),
+                wds.tarfile_to_samples(handler=skips.tar_handler),
                 guard.count,
                 partial(shuffle_samples, bufsize=self.shuffle_buffer, rng=np.random.default_rng(shuffle_seq)),
             )))
@@ -378,7 +377,7 @@ class ValStream(torch.utils.data.IterableDataset):
         def record(n: int) -> dict:
             return {"slot": worker, "epoch": -1, "inputs": n, "skipped": skips.as_tuple()}
 
-        samples = wds.DataPipeline(wds.SimpleShardList(self.urls), tar_reader.tarfile_to_samples(handler=skips.tar_handler), mine)
+        samples = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples(handler=skips.tar_handler), mine)
         pairs = build_pairs(iter(samples), self.builder, lambda _i, s: key_rng(self.seed, s), skips)
         yield from make_batches(pairs, self.batch_size, None, record)
         yield {STREAM_KEY: record(read)}  # record only: samples skipped after the last pair are reported too
